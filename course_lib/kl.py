@@ -1,0 +1,60 @@
+"""KL divergence from the reference: sample estimators and the exact per-token sum.
+
+Sequence-level ``KL(pi || pi_ref) = E_{y ~ pi}[log pi(y) - log pi_ref(y)]`` needs samples *from the
+policy*, not the preference data.
+"""
+
+import torch
+
+from .logprobs import IGNORE_INDEX
+
+
+def kl_estimators(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Schulman's k1, k2, k3 estimators of KL(pi || pi_ref), one value per sample y ~ pi.
+
+    With ``log_ratio = log pi_ref(y) - log pi(y)``:
+    k1 = -log_ratio (unbiased, can be negative), k2 = log_ratio**2 / 2 (biased, low variance),
+    k3 = (exp(log_ratio) - 1) - log_ratio (unbiased, always >= 0).
+    (J. Schulman, "Approximating KL divergence", 2020.)
+
+    Args:
+        policy_logps, ref_logps: (N,) log-probs of samples drawn from the policy.
+    Returns:
+        dict with "k1", "k2", "k3", each (N,).
+    """
+    if policy_logps.shape != ref_logps.shape:
+        raise ValueError(f"policy_logps {tuple(policy_logps.shape)} and ref_logps {tuple(ref_logps.shape)} must match")
+    log_ratio = ref_logps - policy_logps
+    return {"k1": -log_ratio, "k2": 0.5 * log_ratio**2, "k3": torch.expm1(log_ratio) - log_ratio}
+
+
+def sequence_kl(
+    policy_logits: torch.Tensor,
+    ref_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Exact per-token KL summed along each sequence: ``sum_t KL(pi(.|x, y_<t) || pi_ref(.|x, y_<t))``.
+
+    For y sampled from the policy this is an unbiased, low-variance estimate of the sequence KL: at
+    every scored position it sums over the whole vocabulary instead of using the one sampled token.
+
+    Args:
+        policy_logits, ref_logits: (B, T, V) for the same input ids.
+        labels: (B, T) aligned with the inputs; ``ignore_index`` where a position is not scored. As in
+            :func:`sequence_logps`, the logits at t are scored when ``labels[:, t+1]`` is scored.
+    Returns:
+        (B,) KL per sequence, in fp32.
+    """
+    if policy_logits.shape != ref_logits.shape:
+        raise ValueError(f"policy_logits {tuple(policy_logits.shape)} and ref_logits {tuple(ref_logits.shape)} must match")
+    if tuple(labels.shape) != tuple(policy_logits.shape[:2]):
+        raise ValueError(f"labels {tuple(labels.shape)} must be (B, T) = {tuple(policy_logits.shape[:2])}")
+    scored = (labels[:, 1:] != ignore_index).float()  # (B, T-1)
+    kls = []
+    for row_policy, row_ref in zip(policy_logits[:, :-1].float(), ref_logits[:, :-1].float()):  # (T-1, V)
+        policy_logp = row_policy.log_softmax(-1)
+        ref_logp = row_ref.log_softmax(-1)
+        kls.append((policy_logp.exp() * (policy_logp - ref_logp)).sum(-1))  # (T-1,)
+    return (torch.stack(kls) * scored).sum(-1)

@@ -1,0 +1,97 @@
+"""Log-probabilities of response tokens under a causal LM.
+
+Convention (Hugging Face): ``labels`` are aligned with ``input_ids``; the logits at position t predict
+the token at t + 1, so both functions shift inside. Positions whose label is ``ignore_index`` (the prompt
+and padding) are not scored.
+"""
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> None:
+    if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise TypeError("logits and labels must be torch.Tensors")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+    if logits.dim() != 3:
+        raise ValueError(f"logits must have shape (B, T, V), got {tuple(logits.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"labels must be an integer tensor of token ids, got dtype {labels.dtype}")
+    if tuple(labels.shape) != tuple(logits.shape[:2]):
+        raise ValueError(
+            f"labels must have shape (B, T) = {tuple(logits.shape[:2])} to match logits "
+            f"{tuple(logits.shape)}, got {tuple(labels.shape)}"
+        )
+    scored = labels[:, 1:][labels[:, 1:] != ignore_index]
+    vocab_size = logits.shape[-1]
+    if scored.numel() and (int(scored.min()) < 0 or int(scored.max()) >= vocab_size):
+        bad = scored[(scored < 0) | (scored >= vocab_size)][0].item()
+        raise ValueError(
+            f"labels hold token id {bad}, outside the vocabulary [0, {vocab_size}) of the logits "
+            f"(only {ignore_index} marks unscored positions)"
+        )
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Per-token log-probability of each next label: ``log softmax(logits[:, t])[labels[:, t+1]]``.
+
+    Computed as ``logit[label] - logsumexp(logits)`` over at most 8 chunks of rows, so no second
+    (B, T, V) tensor is ever held (the naive ``logits.log_softmax(-1).gather(...)`` holds a full copy;
+    TRL's ``selective_log_softmax`` uses the same trick). Gradients flow as usual.
+
+    Args:
+        logits: (B, T, V) floating point, from the model for ``input_ids``.
+        labels: (B, T) integer token ids aligned with ``input_ids``; ``ignore_index`` where unscored.
+
+    Returns:
+        (B, T-1) in the logits' dtype; entry [b, t] scores ``labels[b, t+1]``, and is 0 where that
+        label is ``ignore_index``.
+    """
+    _check_logits_labels(logits, labels, ignore_index)
+    next_logits = logits[:, :-1, :]  # (B, T-1, V), a view
+    next_labels = labels[:, 1:]  # (B, T-1)
+    scored = next_labels != ignore_index  # (B, T-1)
+    safe_labels = torch.where(scored, next_labels, torch.zeros_like(next_labels)).long()
+    # At most 8 chunks of rows: each chunk's fp32 logsumexp holds ~1/8 of the logits at a time.
+    chunk_size = -(-next_logits.shape[0] // 8)
+    chunks = []
+    for chunk_logits, chunk_labels in zip(next_logits.split(chunk_size), safe_labels.split(chunk_size)):
+        picked = chunk_logits.gather(-1, chunk_labels.unsqueeze(-1)).squeeze(-1)  # (b, T-1)
+        # logsumexp in fp32 for stability in half precision, as TRL does
+        normaliser = torch.logsumexp(chunk_logits.float(), dim=-1).to(chunk_logits.dtype)  # (b, T-1)
+        chunks.append(picked - normaliser)
+    per_token = torch.cat(chunks)  # (B, T-1)
+    return per_token * scored.to(per_token.dtype)
+
+
+def sequence_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    average: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Log-probability of each sequence's scored tokens: ``sum_t log pi(y_t | x, y_<t)``.
+
+    ``average=False`` returns the *summed* log-prob (DPO paper, Mitchell's reference code, TRL's
+    ``logps/*`` metrics). ``average=True`` divides by the number of scored tokens: the
+    length-normalised score of RRHF (Eq. 1) and what TRL feeds IPO.
+
+    Args:
+        logits: (B, T, V).
+        labels: (B, T) integer ids aligned with the inputs; ``ignore_index`` marks prompt and padding.
+
+    Returns:
+        (B,) summed (or averaged) log-probabilities.
+    """
+    per_token = token_logps(logits, labels, ignore_index=ignore_index)  # (B, T-1)
+    summed = per_token.sum(-1)  # (B,)
+    if not average:
+        return summed
+    n_scored = (labels[:, 1:] != ignore_index).sum(-1)  # (B,)
+    if bool((n_scored == 0).any()):
+        rows = torch.nonzero(n_scored == 0).flatten().tolist()
+        raise ValueError(f"cannot average: sequences {rows} have no scored token (all labels are {ignore_index})")
+    return summed / n_scored.to(summed.dtype)

@@ -1,0 +1,205 @@
+"""Pairwise preference losses (DPO, cDPO, margin-DPO, IPO, hinge) and the RRHF ranking loss.
+
+All pairwise losses take four (B,) tensors of *sequence* log-probabilities of the response tokens and
+return one loss per pair, shape (B,): the caller takes the mean. Whether those log-probs are summed
+or averaged over tokens is the caller's choice (``sequence_logps(..., average=...)``); see each
+docstring for what the references do.
+
+Notation: ``h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)``, the difference of
+log-ratios ("h" in the IPO paper, Azar et al. 2023).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_logps, check_positive
+
+
+def log_ratio_margin(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+) -> torch.Tensor:
+    """h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)). All (B,) -> (B,)."""
+    check_logps(
+        policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps,
+        ref_chosen_logps=ref_chosen_logps,
+        ref_rejected_logps=ref_rejected_logps,
+    )
+    return (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    margin: float = 0.0,
+) -> torch.Tensor:
+    """DPO: ``-(1-eps) * logsigmoid(z) - eps * logsigmoid(-z)`` with ``z = beta * h - margin``.
+
+    Rafailov et al. 2023 (arXiv:2305.18290), Eq. 7 when ``label_smoothing = margin = 0``.
+    ``label_smoothing = eps`` is conservative DPO (cDPO, Mitchell's note: labels flipped with rate eps).
+    ``margin = m`` is the offset variant (Llama 2's reward-model margin; ODPO).
+    Uses ``F.logsigmoid``, which stays finite where ``-log(sigmoid(z))`` overflows (z < -88 in fp32).
+    Summed log-probs are the paper's and TRL's ``loss_type="sigmoid"`` convention.
+
+    Args:
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: (B,).
+        beta: > 0, the KL coefficient; the implicit reward is ``beta * log-ratio``.
+        label_smoothing: eps in [0, 0.5).
+        margin: m, a constant offset subtracted from ``beta * h``.
+
+    Returns:
+        (B,) per-pair losses.
+    """
+    check_positive("beta", beta)
+    if not 0.0 <= float(label_smoothing) < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
+    h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    z = beta * h - margin  # (B,)
+    return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+
+
+def ipo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """IPO: ``(h - 1/(2*beta))**2``.
+
+    Azar et al. 2023 (arXiv:2310.12036), Eq. 17, the sampled loss for Psi = identity; ``beta`` is the
+    paper's tau (TRL names it beta too). The margin h has a finite target 1/(2 beta): the gradient
+    ``2 (h - 1/(2 beta))`` changes sign above it, which is IPO's regularisation.
+
+    Summed or averaged log-probs: the formula is the same, the numbers differ. Applied to *averaged*
+    log-probs (``sequence_logps(..., average=True)``) it equals TRL's ``loss_type="ipo"`` (TRL divides
+    each side's log-ratio by its length; the course's default for IPO). Applied to *summed*
+    log-probs it equals Mitchell's reference code (``preference_loss(..., ipo=True)``).
+
+    Args:
+        the four (B,) log-prob tensors, as for :func:`dpo_loss`.
+        beta: tau > 0.
+
+    Returns:
+        (B,) per-pair losses.
+    """
+    check_positive("beta", beta)
+    h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    return (h - 1.0 / (2.0 * beta)) ** 2
+
+
+def hinge_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Hinge on the log-ratio margin: ``max(0, 1 - beta * h)``.
+
+    SLiC/RSO (Zhao et al. 2023; Liu et al. 2023, arXiv:2309.06657); TRL's ``loss_type="hinge"``.
+    Its gradient is exactly zero once ``h >= 1/beta``. Summed log-probs, as in TRL.
+
+    Returns:
+        (B,) per-pair losses.
+    """
+    check_positive("beta", beta)
+    h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    return torch.relu(1.0 - beta * h)
+
+
+PAIRWISE_LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss, "hinge": hinge_loss}
+
+
+def _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards) -> None:
+    for name, value in (
+        ("candidate_logps", candidate_logps),
+        ("candidate_lengths", candidate_lengths),
+        ("candidate_rewards", candidate_rewards),
+    ):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B, K), got {type(value).__name__}")
+        if value.dim() != 2:
+            raise ValueError(f"{name} must have shape (B, K), got {tuple(value.shape)}")
+    if not candidate_logps.is_floating_point():
+        raise TypeError(f"candidate_logps must be floating point, got dtype {candidate_logps.dtype}")
+    shapes = {tuple(t.shape) for t in (candidate_logps, candidate_lengths, candidate_rewards)}
+    if len(shapes) != 1:
+        raise ValueError(
+            "candidate_logps, candidate_lengths and candidate_rewards must share shape (B, K), got "
+            f"{tuple(candidate_logps.shape)}, {tuple(candidate_lengths.shape)}, {tuple(candidate_rewards.shape)}"
+        )
+    if candidate_logps.shape[1] < 2:
+        raise ValueError(f"RRHF ranks K >= 2 candidates per prompt, got K = {candidate_logps.shape[1]}")
+    if bool((candidate_lengths <= 0).any()):
+        raise ValueError(f"candidate_lengths must all be > 0 (number of response tokens), got min {candidate_lengths.min().item()}")
+
+
+def rrhf_scores(candidate_logps: torch.Tensor, candidate_lengths: torch.Tensor, *, length_penalty: float = 1.0) -> torch.Tensor:
+    """RRHF score ``p_i = logp_i / |y_i| ** length_penalty`` (Yuan et al. 2023, Eq. 1). (B, K) -> (B, K)."""
+    return candidate_logps / candidate_lengths.to(candidate_logps.dtype) ** length_penalty
+
+
+def rrhf_loss_terms(
+    candidate_logps: torch.Tensor,
+    candidate_lengths: torch.Tensor,
+    candidate_rewards: torch.Tensor,
+    *,
+    length_penalty: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two RRHF terms separately: ``(rank, sft)``, each (B,).
+
+    rank = sum over pairs with r_i < r_j of max(0, p_i - p_j)   (Eq. 2; ties in reward never count)
+    sft  = -logp of the highest-reward candidate                (Eqs. 3-4; summed over its tokens)
+    with p the length-normalised score of :func:`rrhf_scores` (Eq. 1).
+    """
+    _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards)
+    scores = rrhf_scores(candidate_logps, candidate_lengths, length_penalty=length_penalty)  # (B, K)
+    rewards = candidate_rewards.to(scores.dtype)
+    # worse[b, i, j] is True when candidate i has a lower reward than candidate j
+    worse = rewards.unsqueeze(2) < rewards.unsqueeze(1)  # (B, K, K)
+    score_gap = scores.unsqueeze(2) - scores.unsqueeze(1)  # (B, K, K): p_i - p_j
+    rank = (torch.relu(score_gap) * worse.to(scores.dtype)).sum(dim=(1, 2))  # (B,)
+    best = candidate_rewards.argmax(dim=1, keepdim=True)  # (B, 1)
+    sft = -candidate_logps.gather(1, best).squeeze(1)  # (B,)
+    return rank, sft
+
+
+def rrhf_loss(
+    candidate_logps: torch.Tensor,
+    candidate_lengths: torch.Tensor,
+    candidate_rewards: torch.Tensor,
+    *,
+    length_penalty: float = 1.0,
+    sft_weight: float = 1.0,
+) -> torch.Tensor:
+    """RRHF: ``L = L_rank + sft_weight * L_ft`` (Yuan et al. 2023, arXiv:2304.05302, Eq. 5).
+
+    The policy scores its own candidates (no reference model): ``p_i = logp_i / |y_i|**length_penalty``
+    (Eq. 1; ``length_penalty=1`` is the paper's length-normalised average, as in the official code).
+    ``L_rank = sum_{r_i < r_j} max(0, p_i - p_j)`` (Eq. 2); ``L_ft = -logp(y_best)`` with
+    ``y_best = argmax_i r_i`` summed over its tokens (Eqs. 3-4; the official code takes a token mean
+    instead). The paper weighs the two terms equally.
+
+    Args:
+        candidate_logps: (B, K) *summed* response log-probs under the policy.
+        candidate_lengths: (B, K) number of response tokens, > 0.
+        candidate_rewards: (B, K) rewards (any scale: only their order matters).
+        length_penalty: exponent of the length in the score.
+        sft_weight: weight of the SFT term.
+
+    Returns:
+        (B,) per-prompt losses. Use :func:`rrhf_loss_terms` for the two terms separately.
+    """
+    rank, sft = rrhf_loss_terms(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty)
+    return rank + sft_weight * sft
