@@ -1,0 +1,107 @@
+"""Held-out evaluation: preference accuracy, KL from the reference, and the true reward of samples.
+
+- **Preference accuracy**: the fraction of held-out pairs whose implicit reward is *strictly* higher
+  for the chosen response, i.e. h > 0 with summed log-probs (TRL's ``rewards/accuracies``); it reads 0
+  when the policy equals the reference.
+- **KL(pi || pi_ref)**: sample y ~ pi for held-out prompts and sum the exact per-token KL along each
+  sample (``course_lib.kl.sequence_kl``): unbiased and low-variance. Schulman's k1 and k3 estimates
+  from the same samples are reported beside it.
+- **True reward**: the toy task's closed-form reward of the same samples (the DPO paper's
+  reward-versus-KL view).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .batching import encode_prompt_response
+from .kl import kl_estimators, sequence_kl
+from .sampling import sample_responses
+from .training import _autocast, _model_device, pair_logps
+
+
+def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
+    values = values.double()
+    stderr = values.std(unbiased=True).item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return values.mean().item(), stderr
+
+
+@torch.no_grad()
+def preference_accuracy(policy, reference, tokenizer, pairs: list[dict], *, ref_logps: dict | None = None) -> float:
+    """Fraction of pairs with h > 0 (summed log-probs; strict, so ties count as wrong)."""
+    policy_logps = pair_logps(policy, tokenizer, pairs)
+    ref_logps = ref_logps if ref_logps is not None else pair_logps(reference, tokenizer, pairs)
+    h = (policy_logps["chosen_logps"] - ref_logps["chosen_logps"]) - (policy_logps["rejected_logps"] - ref_logps["rejected_logps"])
+    return (h > 0).float().mean().item()
+
+
+@torch.no_grad()
+def sample_kl(policy, reference, tokenizer, prompts: list[str], *, generator: torch.Generator, max_new_tokens: int = 12) -> dict:
+    """Sample one response per prompt from the policy; per-sample exact KL, k1, k3 and the samples.
+
+    Returns ``{"responses": [str]*N, "kl": (N,), "k1": (N,), "k3": (N,)}`` (tensors on CPU, fp32).
+    """
+    responses = sample_responses(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, generator=generator)
+    batch = {k: v.to(_model_device(policy)) for k, v in encode_prompt_response(tokenizer, prompts, responses).items()}
+    with _autocast(_model_device(policy)):
+        policy_logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    reference_device = _model_device(reference)
+    with _autocast(reference_device):
+        ref_logits = reference(input_ids=batch["input_ids"].to(reference_device), attention_mask=batch["attention_mask"].to(reference_device)).logits.float()
+    ref_logits = ref_logits.to(policy_logits.device)
+    exact = sequence_kl(policy_logits, ref_logits, batch["labels"])
+    from .logprobs import sequence_logps
+
+    estimates = kl_estimators(sequence_logps(policy_logits, batch["labels"]), sequence_logps(ref_logits, batch["labels"]))
+    return {"responses": responses, "kl": exact.cpu(), "k1": estimates["k1"].cpu(), "k3": estimates["k3"].cpu()}
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy,
+    reference,
+    tokenizer,
+    *,
+    pairs: list[dict] | None = None,
+    prompts: list[str] | None = None,
+    n_samples: int = 256,
+    seed: int = 0,
+    reward_fn=None,
+    with_samples: bool = True,
+    n_shown: int = 4,
+) -> dict:
+    """Evaluate a policy against its reference on held-out data.
+
+    Args:
+        pairs: held-out preference pairs, for ``preference_accuracy``.
+        prompts: held-out prompts; ``n_samples`` of them (cycled) are sampled from the policy for the
+            KL and the reward. Sampling uses its own generator seeded with ``seed``.
+        reward_fn: maps a list of responses to a (N,) tensor; defaults to the toy task's true reward.
+            Pass ``False`` to skip it (real models have no true reward).
+
+    Returns:
+        dict with ``preference_accuracy``; ``kl``, ``kl_stderr``, ``kl_k1``, ``kl_k3`` (means over
+        samples); ``reward``, ``reward_stderr``; and, if ``with_samples``, ``samples``: a few
+        (prompt, response) pairs. Missing inputs give ``None`` for their entries.
+    """
+    result = {"preference_accuracy": None, "kl": None, "kl_stderr": None, "kl_k1": None, "kl_k3": None, "reward": None, "reward_stderr": None}
+    if pairs:
+        result["preference_accuracy"] = preference_accuracy(policy, reference, tokenizer, pairs)
+    if prompts:
+        chosen_prompts = [prompts[i % len(prompts)] for i in range(n_samples)]
+        generator = torch.Generator().manual_seed(seed)
+        sampled = sample_kl(policy, reference, tokenizer, chosen_prompts, generator=generator)
+        result["kl"], result["kl_stderr"] = _mean_stderr(sampled["kl"])
+        result["kl_k1"] = sampled["k1"].double().mean().item()
+        result["kl_k3"] = sampled["k3"].double().mean().item()
+        if reward_fn is None:
+            from .toy_task import true_rewards
+
+            reward_fn = true_rewards
+        if reward_fn is not False:
+            result["reward"], result["reward_stderr"] = _mean_stderr(torch.as_tensor(reward_fn(sampled["responses"])))
+        if with_samples:
+            result["samples"] = [{"prompt": p, "response": r} for p, r in zip(chosen_prompts[:n_shown], sampled["responses"][:n_shown])]
+    return result

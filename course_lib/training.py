@@ -1,0 +1,372 @@
+"""Training loops for the toy world: preference losses (DPO, IPO, hinge, or yours), RRHF and SFT.
+
+The loops only *call* the maths (``logprobs``, ``losses``, ``metrics``); they add batching, the
+optimiser, a progress bar, a per-step history, held-out evaluation, and safe failure:
+
+- the reference model's log-probs are computed once, before training, and the reference is never
+  trained (its parameters are untouched);
+- chosen and rejected responses go through the policy in ONE forward pass;
+- dropout is disabled (the model stays in eval mode), as TRL's DPOTrainer does by default, so that at
+  step 0 the policy equals the reference;
+- on CUDA the forward pass runs under bf16 autocast;
+- a non-finite loss stops training with a message naming the step; Ctrl-C (KeyboardInterrupt)
+  returns the history so far, with ``history.interrupted = True``, and leaves the model usable.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .batching import encode_prompt_response
+from .device import default_device
+from .logprobs import token_logps
+from .losses import PAIRWISE_LOSSES, log_ratio_margin, rrhf_loss_terms
+from .metrics import preference_metrics
+
+PairwiseLoss = Callable[..., torch.Tensor]
+
+
+class History(list):
+    """One dict per optimiser step, plus ``evals`` (held-out evaluations) and ``interrupted``."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.evals: list[dict] = []
+        self.interrupted = False
+
+    def column(self, key: str) -> list[float]:
+        """The values of ``key`` over steps, e.g. ``history.column("margin")``."""
+        if self and key not in self[0]:
+            raise KeyError(f"no {key!r} in the history; keys are {sorted(self[0])}")
+        return [entry[key] for entry in self]
+
+
+def resolve_loss(loss: str | PairwiseLoss) -> PairwiseLoss:
+    """A loss name ("dpo", "ipo", "hinge") or a callable ``fn(pc, pr, rc, rr, *, beta) -> (B,)``."""
+    if callable(loss):
+        return loss
+    if loss not in PAIRWISE_LOSSES:
+        raise ValueError(f"loss must be one of {sorted(PAIRWISE_LOSSES)} or a callable, got {loss!r}")
+    return PAIRWISE_LOSSES[loss]
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def response_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs and response lengths for an encoded batch: ``(logps (N,), lengths (N,))``.
+
+    ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` of shape (N, T) (see
+    :func:`course_lib.batching.encode_prompt_response`). Log-probs are fp32.
+    """
+    device = _model_device(model)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    width = int(batch["attention_mask"].sum(-1).max())  # drop columns that are padding in every row
+    with _autocast(device):
+        logits = model(input_ids=batch["input_ids"][:, :width], attention_mask=batch["attention_mask"][:, :width]).logits
+    labels = batch["labels"][:, :width]
+    logps = token_logps(logits.float(), labels).sum(-1)  # (N,)
+    lengths = (labels[:, 1:] != -100).sum(-1)  # (N,)
+    return logps, lengths
+
+
+@torch.no_grad()
+def pair_logps(model, tokenizer, pairs: list[dict], *, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Summed log-probs and lengths of every pair's chosen and rejected response, on CPU.
+
+    Returns ``{"chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths"}``, each (N,).
+    """
+    out = {"chosen_logps": [], "rejected_logps": [], "chosen_lengths": [], "rejected_lengths": []}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        prompts = [p["prompt"] for p in chunk]
+        both = encode_prompt_response(tokenizer, prompts + prompts, [p["chosen"] for p in chunk] + [p["rejected"] for p in chunk])
+        logps, lengths = response_logps(model, both)
+        n = len(chunk)
+        out["chosen_logps"].append(logps[:n].cpu())
+        out["rejected_logps"].append(logps[n:].cpu())
+        out["chosen_lengths"].append(lengths[:n].cpu())
+        out["rejected_lengths"].append(lengths[n:].cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, eval_fn=None, eval_every=None) -> History:
+    """The loop shared by every trainer: optimiser, progress bar, finite check, interrupts, evaluation."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    policy.to(device)
+    policy.eval()  # no dropout; gradients still flow
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=lr)
+    history = History()
+    if eval_fn is not None and eval_every:
+        history.evals.append({"step": 0, **eval_fn()})
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
+    try:
+        for step in bar:
+            loss, record = step_fn(generator)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{desc}: the loss became {loss.item()} at step {step}; training stopped. "
+                    "Try a smaller lr or beta, or check the loss function for log(0) or overflow."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.append({"step": step, "loss": loss.item(), **record})
+            if progress:
+                bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
+            if eval_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
+                history.evals.append({"step": step, **eval_fn()})
+    except KeyboardInterrupt:
+        history.interrupted = True
+    finally:
+        bar.close()
+        optimizer.zero_grad(set_to_none=True)
+        policy.eval()
+    return history
+
+
+def _batch_indices(generator: torch.Generator, n: int, batch_size: int) -> torch.Tensor:
+    """``batch_size`` indices drawn without replacement from range(n) (with replacement if n is smaller)."""
+    if batch_size <= n:
+        return torch.randperm(n, generator=generator)[:batch_size]
+    return torch.randint(n, (batch_size,), generator=generator)
+
+
+def train_preference(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    pairs: list[dict],
+    *,
+    loss: str | PairwiseLoss = "dpo",
+    beta: float = 0.1,
+    steps: int = 200,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    length_normalize: bool | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    tokenizer=None,
+    eval_pairs: list[dict] | None = None,
+    eval_prompts: list[str] | None = None,
+    eval_every: int | None = None,
+    eval_samples: int = 256,
+    eval_reward_fn=None,
+    progress: bool = True,
+    loss_kwargs: dict | None = None,
+) -> History:
+    """Train ``policy`` in place on preference pairs with a pairwise loss; the reference stays frozen.
+
+    Each step draws ``batch_size`` pairs, computes the policy's log-probs of chosen and rejected in
+    one forward pass, and minimises ``loss(pc, pr, rc, rr, beta=beta).mean()``.
+
+    Log-probs fed to the loss are summed over response tokens, or averaged when ``length_normalize``;
+    ``None`` means True for "ipo" (TRL's convention, confirmed by the IPO authors) and False otherwise
+    (a callable loss gets False unless you say so). The history's TRL metrics (``rewards/*``,
+    ``logps/*``) always use summed log-probs, as TRL logs them; ``margin`` is the mean h *as the loss
+    sees it* (averaged log-probs when length-normalised).
+
+    Args:
+        policy, reference: causal LMs with the same tokenizer (the policy usually starts as a copy).
+        pairs: dicts with "prompt", "chosen", "rejected" strings.
+        loss: "dpo", "ipo", "hinge", or a callable with the library losses' signature.
+        eval_pairs / eval_prompts / eval_every: held-out evaluation (see ``course_lib.evaluation``)
+            every ``eval_every`` steps, stored in ``history.evals``; ``eval_reward_fn`` scores samples
+            (default: the toy task's true reward; ``False`` skips it).
+        loss_kwargs: extra keywords for the loss, e.g. ``{"label_smoothing": 0.1}`` for cDPO.
+
+    Returns:
+        :class:`History`, one dict per step: step, loss, margin, and TRL's rewards/* and logps/* keys.
+    """
+    loss_fn = resolve_loss(loss)
+    if length_normalize is None:
+        length_normalize = loss == "ipo"
+    if not pairs:
+        raise ValueError("pairs is empty")
+    if tokenizer is None:
+        from .models import load_model_and_tokenizer
+
+        tokenizer = load_model_and_tokenizer()[1]
+    device = torch.device(device) if device is not None else default_device()
+    reference.to(device).eval()
+
+    prompts = [p["prompt"] for p in pairs]
+    chosen = encode_prompt_response(tokenizer, prompts, [p["chosen"] for p in pairs])
+    rejected = encode_prompt_response(tokenizer, prompts, [p["rejected"] for p in pairs])
+    width = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
+    both = {k: torch.cat([_pad_to(chosen[k], width, k, tokenizer), _pad_to(rejected[k], width, k, tokenizer)]) for k in chosen}
+    with torch.no_grad():  # reference log-probs, once
+        ref = pair_logps(reference, tokenizer, pairs)
+    n = len(pairs)
+    extra = dict(loss_kwargs or {})
+
+    def step_fn(generator):
+        idx = _batch_indices(generator, n, batch_size)
+        batch = {k: v[torch.cat([idx, idx + n])] for k, v in both.items()}
+        logps, lengths = response_logps(policy, batch)  # (2b,)
+        b = len(idx)
+        summed = {"pc": logps[:b], "pr": logps[b:], "rc": ref["chosen_logps"][idx].to(logps.device), "rr": ref["rejected_logps"][idx].to(logps.device)}
+        if length_normalize:
+            len_c, len_r = lengths[:b].to(logps.dtype), lengths[b:].to(logps.dtype)
+            seen = {"pc": summed["pc"] / len_c, "pr": summed["pr"] / len_r, "rc": summed["rc"] / len_c, "rr": summed["rr"] / len_r}
+        else:
+            seen = summed
+        per_pair = loss_fn(seen["pc"], seen["pr"], seen["rc"], seen["rr"], beta=beta, **extra)
+        if not isinstance(per_pair, torch.Tensor):
+            raise TypeError(f"the loss function must return a torch.Tensor, got {type(per_pair).__name__}")
+        with torch.no_grad():
+            record = {
+                "margin": log_ratio_margin(seen["pc"], seen["pr"], seen["rc"], seen["rr"]).mean().item(),
+                **preference_metrics(summed["pc"], summed["pr"], summed["rc"], summed["rr"], beta=beta),
+            }
+        return per_pair.mean(), record
+
+    eval_fn = None
+    if eval_every and (eval_pairs or eval_prompts):
+        from .evaluation import evaluate_policy
+
+        def eval_fn():
+            return evaluate_policy(
+                policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples,
+                seed=seed, reward_fn=eval_reward_fn, with_samples=False,
+            )
+
+    name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom loss")
+    return _run(policy, steps=steps, lr=lr, seed=seed, device=device, progress=progress, desc=f"{name} (beta={beta})", step_fn=step_fn, eval_fn=eval_fn, eval_every=eval_every)
+
+
+def _pad_to(tensor: torch.Tensor, width: int, key: str, tokenizer) -> torch.Tensor:
+    """Right-pad an encoded (N, T) tensor to (N, width) with the value padding uses for ``key``."""
+    fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "labels": -100}[key]
+    pad = torch.full((tensor.shape[0], width - tensor.shape[1]), fill, dtype=tensor.dtype)
+    return torch.cat([tensor, pad], dim=1)
+
+
+def train_rrhf(
+    policy: torch.nn.Module,
+    rankings: list[dict],
+    *,
+    steps: int = 200,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    length_penalty: float = 1.0,
+    sft_weight: float = 1.0,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    tokenizer=None,
+    reference: torch.nn.Module | None = None,
+    eval_prompts: list[str] | None = None,
+    eval_every: int | None = None,
+    eval_samples: int = 256,
+    eval_reward_fn=None,
+    progress: bool = True,
+) -> History:
+    """Train ``policy`` in place with RRHF (Yuan et al. 2023, Eq. 5) on ranked candidate sets.
+
+    Each step draws ``batch_size`` prompts, scores all their K candidates in one forward pass, and
+    minimises ``rrhf_loss`` (mean over prompts). RRHF needs no reference model: ``reference`` is only
+    used for the held-out KL evaluation, if given.
+
+    Args:
+        rankings: dicts with "prompt", "responses" (K strings) and "rewards" (K floats).
+
+    Returns:
+        :class:`History` with step, loss, rank_loss, sft_loss, ``logps/candidates`` (mean summed log-prob
+        of all candidates), ``logps/best`` (of the best one), and ``ranking_accuracy`` (fraction of
+        reward-ordered pairs whose scores are in the same order).
+    """
+    if not rankings:
+        raise ValueError("rankings is empty")
+    k = len(rankings[0]["responses"])
+    if any(len(r["responses"]) != k or len(r["rewards"]) != k for r in rankings):
+        raise ValueError("every ranking must have the same number K of responses and rewards")
+    if tokenizer is None:
+        from .models import load_model_and_tokenizer
+
+        tokenizer = load_model_and_tokenizer()[1]
+    device = torch.device(device) if device is not None else default_device()
+    encoded = encode_prompt_response(tokenizer, [r["prompt"] for r in rankings for _ in range(k)], [y for r in rankings for y in r["responses"]])
+    rewards = torch.tensor([r["rewards"] for r in rankings], dtype=torch.float32)  # (N, K)
+    n = len(rankings)
+
+    def step_fn(generator):
+        idx = _batch_indices(generator, n, batch_size)  # (b,)
+        rows = (idx.unsqueeze(1) * k + torch.arange(k)).flatten()  # (b*K,)
+        logps, lengths = response_logps(policy, {key: v[rows] for key, v in encoded.items()})
+        candidate_logps = logps.view(-1, k)  # (b, K)
+        candidate_lengths = lengths.view(-1, k)
+        candidate_rewards = rewards[idx].to(logps.device)
+        rank, sft = rrhf_loss_terms(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty)
+        with torch.no_grad():
+            scores = candidate_logps / candidate_lengths.to(logps.dtype) ** length_penalty
+            ordered = candidate_rewards.unsqueeze(2) < candidate_rewards.unsqueeze(1)  # (b, K, K)
+            agree = (scores.unsqueeze(2) < scores.unsqueeze(1)) & ordered
+            record = {
+                "rank_loss": rank.mean().item(),
+                "sft_loss": sft.mean().item(),
+                "logps/candidates": candidate_logps.mean().item(),
+                "logps/best": (-sft).mean().item(),
+                "ranking_accuracy": (agree.sum() / ordered.sum().clamp(min=1)).item(),
+            }
+        return (rank + sft_weight * sft).mean(), record
+
+    eval_fn = None
+    if eval_every and eval_prompts and reference is not None:
+        from .evaluation import evaluate_policy
+
+        def eval_fn():
+            return evaluate_policy(
+                policy, reference, tokenizer, prompts=eval_prompts, n_samples=eval_samples, seed=seed,
+                reward_fn=eval_reward_fn, with_samples=False,
+            )
+
+    return _run(policy, steps=steps, lr=lr, seed=seed, device=device, progress=progress, desc="rrhf", step_fn=step_fn, eval_fn=eval_fn, eval_every=eval_every)
+
+
+def train_sft(
+    policy: torch.nn.Module,
+    examples: list[dict],
+    *,
+    steps: int = 200,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    tokenizer=None,
+    progress: bool = True,
+) -> History:
+    """Supervised fine-tuning: minimise the mean per-token negative log-likelihood of each response.
+
+    Args:
+        examples: dicts with "prompt" and "response" strings (the prompt is not scored).
+
+    Returns:
+        :class:`History` with step and loss (nats per response token).
+    """
+    if not examples:
+        raise ValueError("examples is empty")
+    if tokenizer is None:
+        from .models import load_model_and_tokenizer
+
+        tokenizer = load_model_and_tokenizer()[1]
+    device = torch.device(device) if device is not None else default_device()
+    encoded = encode_prompt_response(tokenizer, [e["prompt"] for e in examples], [e["response"] for e in examples])
+
+    def step_fn(generator):
+        idx = _batch_indices(generator, len(examples), batch_size)
+        logps, lengths = response_logps(policy, {k: v[idx] for k, v in encoded.items()})
+        return -(logps.sum() / lengths.sum()), {}
+
+    return _run(policy, steps=steps, lr=lr, seed=seed, device=device, progress=progress, desc="sft", step_fn=step_fn)
