@@ -1,0 +1,60 @@
+"""The one place where a (prompt, response) pair becomes token tensors.
+
+Convention used by every chapter module::
+
+    input_ids = prompt word ids + response word ids + <eos> id, right-padded with <pad>
+    labels    = -100 on prompt positions and padding; the ids of the response words and of <eos>
+
+``labels`` are aligned with ``input_ids`` (not shifted): the log-probability of
+``labels[:, t]`` is read from ``logits[:, t - 1]``, as Hugging Face models do.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def _word_ids(vocab: dict[str, int], text: str, what: str, index: int) -> list[int]:
+    """Maps each whitespace-separated word of ``text`` to its id; raises ValueError on unknown words."""
+    ids = []
+    for word in text.split():
+        if word not in vocab:
+            raise ValueError(f"{what} {index} contains {word!r}, which is not a vocabulary word: {text!r}")
+        ids.append(vocab[word])
+    if not ids:
+        raise ValueError(f"{what} {index} is empty: {text!r}")
+    return ids
+
+
+def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str]) -> dict[str, torch.Tensor]:
+    """Encodes B (prompt, response) pairs into right-padded tensors of shape (B, T).
+
+    Returns ``{"input_ids", "attention_mask", "labels"}`` (all ``torch.long``),
+    where T = the longest ``len(prompt) + len(response) + 1`` in the batch.
+    ``labels`` is -100 on prompt and padding positions and equals ``input_ids``
+    on the response words and the final ``<eos>``. Raises ValueError for a word
+    outside the vocabulary (it is never mapped to ``<unk>``), an empty prompt or
+    response, or lists of different lengths.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    if not prompts:
+        raise ValueError("cannot encode an empty batch")
+    special = set(tokenizer.all_special_tokens)
+    vocab = {w: i for w, i in tokenizer.get_vocab().items() if w not in special}  # words only
+    rows = []
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        rows.append((_word_ids(vocab, prompt, "prompt", i),
+                     _word_ids(vocab, response, "response", i) + [tokenizer.eos_token_id]))
+    T = max(len(p) + len(r) for p, r in rows)
+    input_ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, r) in enumerate(rows):
+        n = len(p) + len(r)
+        input_ids[i, :n] = torch.tensor(p + r)
+        attention_mask[i, :n] = 1
+        labels[i, len(p):n] = torch.tensor(r)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

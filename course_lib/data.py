@@ -1,0 +1,222 @@
+"""Loaders for the toy-world data sets, with validation and checksum verification.
+
+Layout of a data folder (``data/`` by default, or ``$COURSE_DATA_DIR``)::
+
+    MANIFEST.sha256                  sha256 of every other file ("<hex>  <path>", as `sha256sum -c` reads)
+    sft/train.jsonl                  {"prompt", "completion"}: the corpus the reference model was trained on
+    preferences/{split}.jsonl        {"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"}
+    preferences/{split}_bradley_terry.jsonl   the same pairs, labelled by a Bradley-Terry coin flip
+    rankings/{split}.jsonl           {"prompt", "responses": [K strings], "rewards": [K floats]}
+    reference_model/                 the tiny GPT-2 and its tokenizer
+
+Continuations (``completion``, ``chosen``, ``rejected``, ``responses``) start
+with one space, as in TRL's documented format, because TRL joins
+``prompt + chosen`` as strings before tokenizing. Our own code splits on
+whitespace, so the space changes nothing there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+from course_lib.toy_task import VOCAB, true_reward
+
+MANIFEST = "MANIFEST.sha256"
+SPLITS = ("train", "test")
+LABELLINGS = ("deterministic", "bradley_terry")
+REBUILD_HINT = "Restore it with `git checkout -- data/` or rebuild with `python -m course_lib.build_data --out DIR`."
+_WORDS = frozenset(VOCAB)
+
+
+class DataIntegrityError(ValueError):
+    """A data file is missing, changed or truncated with respect to MANIFEST.sha256."""
+
+
+def data_dir() -> Path:
+    """Returns the data folder: ``$COURSE_DATA_DIR`` if set, else ``<repo>/data``."""
+    env = os.environ.get("COURSE_DATA_DIR")
+    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parent.parent / "data"
+
+
+DATA_DIR = data_dir()  # resolved once at import; call data_dir() to re-read the env var
+
+
+# ----------------------------------------------------------------------------- manifest
+def sha256_file(path: str | os.PathLike) -> str:
+    """Computes the hex sha256 digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike, files: list[str] | None = None) -> Path:
+    """Writes ``folder/MANIFEST.sha256`` with the sha256 of ``files`` (relative paths; default: every other file)."""
+    folder = Path(folder)
+    if files is None:
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST]
+    lines = [f"{sha256_file(folder / rel)}  {rel}\n" for rel in sorted(files)]
+    (folder / MANIFEST).write_text("".join(lines), encoding="utf-8")
+    return folder / MANIFEST
+
+
+def verify_manifest(folder: str | os.PathLike | None = None, files: list[str] | None = None) -> None:
+    """Checks files of ``folder`` against its MANIFEST.sha256; raises DataIntegrityError on any mismatch.
+
+    ``files`` (paths relative to ``folder``) restricts the check; by default
+    every listed file is checked.
+    """
+    folder = Path(folder) if folder is not None else data_dir()
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise DataIntegrityError(f"{manifest} is missing, so the data cannot be verified. {REBUILD_HINT}")
+    expected = {}
+    for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise DataIntegrityError(f"{manifest}, line {n}: not a '<sha256>  <path>' line: {line!r}. {REBUILD_HINT}")
+        expected[rel] = digest
+    for rel in files if files is not None else sorted(expected):
+        path = folder / rel
+        if rel not in expected:
+            raise DataIntegrityError(f"{path} is not listed in {manifest}. {REBUILD_HINT}")
+        if not path.is_file():
+            raise DataIntegrityError(f"{path} is missing (listed in {manifest}). {REBUILD_HINT}")
+        actual = sha256_file(path)
+        if actual != expected[rel]:
+            raise DataIntegrityError(
+                f"{path} has changed or is truncated: its sha256 is {actual[:12]}..., the manifest expects "
+                f"{expected[rel][:12]}... ({path.stat().st_size} bytes now). {REBUILD_HINT}"
+            )
+
+
+# ----------------------------------------------------------------------------- validation
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """Reads a JSON-lines file into ``[(line_number, record)]``; raises ValueError naming file and line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist. {REBUILD_HINT}")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: malformed JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(record).__name__}")
+            records.append((n, record))
+    if not records:
+        raise ValueError(f"{path} contains no records")
+    return records
+
+
+def _check_text(where: str, field: str, value) -> str:
+    """Checks that ``value`` is a non-empty string of vocabulary words; returns it unchanged."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+    if not value.split():
+        raise ValueError(f"{where}: field {field!r} is empty")
+    for word in value.split():
+        if word not in _WORDS:
+            raise ValueError(f"{where}: field {field!r} contains {word!r}, which is not in the toy vocabulary")
+    return value
+
+
+def _check_reward(where: str, field: str, value, response: str) -> float:
+    """Checks that ``value`` is a number equal to ``true_reward(response)``; returns it as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: field {field!r} must be a finite number, got {value!r}")
+    if abs(value - true_reward(response)) > 1e-4:
+        raise ValueError(f"{where}: {field}={value} but true_reward of the response is {true_reward(response)}")
+    return float(value)
+
+
+def _require(where: str, record: dict, fields: tuple[str, ...]) -> None:
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}; expected {list(fields)}")
+
+
+def _load(folder, rel: str, verify: bool) -> tuple[Path, list[tuple[int, dict]]]:
+    folder = Path(folder) if folder is not None else data_dir()
+    if verify:
+        verify_manifest(folder, [rel])
+    return folder / rel, _read_jsonl(folder / rel)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+# ----------------------------------------------------------------------------- loaders
+def load_preferences(split: str = "train", *, labelling: str = "deterministic", data_dir=None,
+                     verify: bool = True) -> list[dict]:
+    """Loads preference pairs as a list of dicts (TRL's preference format plus true rewards).
+
+    Each record: ``{"prompt": str, "chosen": str, "rejected": str,
+    "chosen_reward": float, "rejected_reward": float}``. ``labelling`` is
+    "deterministic" (the higher true reward is chosen) or "bradley_terry" (the
+    same pairs, chosen with probability sigmoid(r_chosen - r_rejected)).
+    ``verify`` checks the file against MANIFEST.sha256 first.
+    """
+    _check_split(split)
+    if labelling not in LABELLINGS:
+        raise ValueError(f"labelling must be one of {LABELLINGS}, got {labelling!r}")
+    rel = f"preferences/{split}.jsonl" if labelling == "deterministic" else f"preferences/{split}_bradley_terry.jsonl"
+    path, rows = _load(data_dir, rel, verify)
+    fields = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward")
+    out = []
+    for n, r in rows:
+        where = f"{path}, line {n}"
+        _require(where, r, fields)
+        prompt, chosen, rejected = (_check_text(where, f, r[f]) for f in fields[:3])
+        if chosen.split() == rejected.split():
+            raise ValueError(f"{where}: chosen and rejected are the same response {chosen!r}")
+        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                    "chosen_reward": _check_reward(where, "chosen_reward", r["chosen_reward"], chosen),
+                    "rejected_reward": _check_reward(where, "rejected_reward", r["rejected_reward"], rejected)})
+    return out
+
+
+def load_rankings(split: str = "train", *, data_dir=None, verify: bool = True) -> list[dict]:
+    """Loads RRHF rankings: ``[{"prompt": str, "responses": [str] * K, "rewards": [float] * K}]``.
+
+    Responses of a record are distinct samples of the reference model, in
+    sampling order (not sorted); ``rewards[k] = true_reward(responses[k])``.
+    """
+    _check_split(split)
+    path, rows = _load(data_dir, f"rankings/{split}.jsonl", verify)
+    out = []
+    for n, r in rows:
+        where = f"{path}, line {n}"
+        _require(where, r, ("prompt", "responses", "rewards"))
+        responses, rewards = r["responses"], r["rewards"]
+        if not isinstance(responses, list) or not isinstance(rewards, list) or len(responses) != len(rewards):
+            raise ValueError(f"{where}: 'responses' and 'rewards' must be lists of the same length")
+        if len(responses) < 2:
+            raise ValueError(f"{where}: a ranking needs at least 2 responses, got {len(responses)}")
+        responses = [_check_text(where, f"responses[{k}]", x) for k, x in enumerate(responses)]
+        if len({tuple(x.split()) for x in responses}) != len(responses):
+            raise ValueError(f"{where}: the responses are not distinct")
+        out.append({"prompt": _check_text(where, "prompt", r["prompt"]), "responses": responses,
+                    "rewards": [_check_reward(where, f"rewards[{k}]", v, x)
+                                for k, (v, x) in enumerate(zip(rewards, responses))]})
+    return out
+
+
+def load_sft_corpus(*, data_dir=None, verify: bool = True) -> list[dict]:
+    """Loads the unlabelled SFT corpus: ``[{"prompt": str, "completion": str}]``."""
+    path, rows = _load(data_dir, "sft/train.jsonl", verify)
+    out = []
+    for n, r in rows:
+        where = f"{path}, line {n}"
+        _require(where, r, ("prompt", "completion"))
+        out.append({"prompt": _check_text(where, "prompt", r["prompt"]),
+                    "completion": _check_text(where, "completion", r["completion"])})
+    return out

@@ -1,0 +1,100 @@
+"""The word-level tokenizer, the tiny GPT-2 reference model, and how to load them.
+
+``data/reference_model`` holds the reference (SFT) model and its tokenizer, both
+written by ``python -m course_lib.build_data``. Load them with
+``load_model_and_tokenizer()``; any other local folder or hub name works too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
+
+from course_lib.data import DATA_DIR, data_dir  # noqa: F401  (re-exported)
+from course_lib.toy_task import VOCAB
+
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, EOS)  # ids 0, 1, 2
+MAX_POSITIONS = 32  # prompt (<= 6 words) + response (<= 12) + <eos> fits easily
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Builds the word-level tokenizer: one id per vocabulary word, split on whitespace.
+
+    Ids: ``<pad>`` = 0, ``<unk>`` = 1, ``<eos>`` = 2, then ``toy_task.VOCAB`` in
+    order. No token is added automatically (no BOS, no EOS); padding is on the right.
+    """
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        unk_token=UNK,
+        eos_token=EOS,
+        padding_side="right",
+        model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_reference_config(vocab_size: int) -> GPT2Config:
+    """Returns the config of the tiny reference GPT-2 (2 layers, 2 heads, width 64, ~0.11M params).
+
+    Dropout is off so that log-probabilities are deterministic functions of the
+    weights (what DPO/IPO/RRHF losses assume). BOS = EOS = ``<eos>`` (id 2), PAD = 0.
+    """
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=MAX_POSITIONS,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        n_inner=256,
+        activation_function="gelu",  # exact GELU: one fused op, faster on CPU than GPT-2's tanh approximation
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=SPECIAL_TOKENS.index(PAD),
+        bos_token_id=SPECIAL_TOKENS.index(EOS),
+        eos_token_id=SPECIAL_TOKENS.index(EOS),
+        tie_word_embeddings=True,
+    )
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+):
+    """Loads ``(model, tokenizer)`` with the Auto classes; the model is returned in eval mode.
+
+    ``name_or_path`` defaults to ``data_dir() / "reference_model"``. A path that
+    looks local (absolute, starting with ``.``, or existing) must be a folder
+    with a saved model, else a FileNotFoundError names it. ``device`` defaults
+    to CPU and ``dtype`` to the saved dtype (float32).
+    """
+    if name_or_path is None:
+        name_or_path = data_dir() / "reference_model"
+    path = Path(name_or_path).expanduser()
+    looks_local = isinstance(name_or_path, Path) or path.is_absolute() or str(name_or_path).startswith(".") or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"No model folder at {path.resolve()}. Build it with `python -m course_lib.build_data` "
+                "or set COURSE_DATA_DIR to a folder that contains reference_model/."
+            )
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path.resolve()} exists but has no config.json: it is not a saved model folder.")
+        name_or_path = str(path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model.to(torch.device(device) if device is not None else torch.device("cpu"))
+    model.eval()
+    return model, tokenizer
