@@ -26,6 +26,7 @@ Two wrong formulas that agree on every input cannot be told apart; each message 
 (for example, swapping chosen and rejected is the same as flipping the sign of ``h``).
 """
 
+import inspect
 import re
 import textwrap
 import warnings
@@ -483,6 +484,9 @@ def _call(fn, ex: _Exercise, inputs: dict, case: Case, *, first: bool):
     tensors = [inputs[name] for name in ex.tensor_names]
     hyper = {k: v for k, v in inputs.items() if k not in ex.tensor_names}
     saved = [(t.clone(), t._version) for t in tensors]
+    problem = _signature_problem(fn, tensors, hyper, ex)
+    if problem:
+        return None, problem
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -525,14 +529,15 @@ def _type_problem(out, ex: _Exercise) -> str | None:
     if isinstance(out, float):
         return (f"Your function returns a Python float (.item() or float(...)?): that cuts the autograd graph "
                 f"and loses the batch. Return {per}.")
-    if isinstance(out, (tuple, list)):
-        return (f"Your function returns a {kind}: return only the losses, {per}; build it with torch operations "
-                "(torch.stack on a list of tensors), not a Python list.")
-    return f"Your function returns a {kind}; return {per}."
+    if isinstance(out, tuple):
+        return f"Your function returns a tuple: return only the losses, {per}."
+    if isinstance(out, list):
+        return (f"Your function returns a Python list: return {per}, built with torch operations "
+                "(torch.stack turns a list of tensors into one tensor).")
+    return f"Your function returns a value of type {kind}; return {per}."
 
 
 _EXCEPTION_HINTS = (
-    ("unexpected keyword argument", "Your function must accept the library's keyword arguments ({keywords})."),
     ("must be Tensor, not list", "torch functions take tensors, not Python lists: combine a list of tensors with "
                                  "torch.stack([...]) first (the seed's rrhf_loss has this bug)."),
     ("BFloat16", "numpy has no bfloat16: stay in torch."),
@@ -545,11 +550,24 @@ def _exception_problem(exc: Exception, case: Case, ex: _Exercise) -> str:
     text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)  # no memory addresses: the output must be deterministic
     text = text if len(text) <= 200 else text[:197] + "..."
     message = f"Your function raised {type(exc).__name__}" + (f": {text}" if text else "") + f" (on the case: {case.name})."
-    keywords = ", ".join(k for k in case.build() if k not in ex.tensor_names)
     for needle, hint in _EXCEPTION_HINTS:
         if needle in str(exc):
-            message += " " + hint.format(keywords=keywords)
+            message += " " + hint
     return message
+
+
+def _signature_problem(fn, tensors, hyper, ex: _Exercise) -> str | None:
+    """A diagnosis when ``fn`` cannot take the library's arguments (four tensors, then keywords)."""
+    try:
+        inspect.signature(fn).bind(*tensors, **hyper)
+    except TypeError as exc:
+        defaults = inspect.signature(ex.reference).parameters
+        keywords = ", ".join(f"{k}={defaults[k].default}" for k in hyper)
+        return (f"Your function cannot take the library's arguments ({exc}). Give it the library's signature: "
+                f"def my_{ex.reference.__name__}({', '.join(ex.tensor_names)}, *, {keywords}).")
+    except ValueError:  # no signature to read (a builtin): just call it
+        pass
+    return None
 
 
 _REDUCTIONS = {
@@ -570,13 +588,20 @@ def _known_mistake(outputs, views, tolerances, ex: _Exercise) -> str | None:
     """
     right = Mistake("the library's formula", lambda v: ex.reference(*v.args, **v.kwargs), "")
     overflowed = [i for i, case in enumerate(ex.cases) if case.extreme and not bool(torch.isfinite(outputs[i]).all())]
+    values = {}  # (mistake, case) -> the formula's losses, each computed once
+
+    def value(mistake, i):
+        if (mistake.name, i) not in values:
+            values[mistake.name, i] = mistake.formula(views[i])
+        return values[mistake.name, i]
+
     for skipped in ([], overflowed) if overflowed else ([],):
         kept = [i for i in range(len(outputs)) if i not in skipped]
         for mistake in (right, *ex.mistakes):
             for reduction, (reduce, note) in _REDUCTIONS.items():
                 if mistake is right and reduction == "none" and not skipped:
                     continue
-                if all(_close(outputs[i], reduce(mistake.formula(views[i])), tolerances[i]) for i in kept):
+                if all(_close(outputs[i], reduce(value(mistake, i)), tolerances[i]) for i in kept):
                     notes = [mistake.message, note.format(unit=ex.unit), _OVERFLOW_NOTE if skipped else ""]
                     return "\n".join(n for n in notes if n)
     return None
@@ -610,7 +635,7 @@ def _non_finite_problem(outputs, expected, ex: _Exercise) -> str | None:
         if case.extreme:
             return _OVERFLOW_NOTE
         return (f"Your function returns inf or NaN on the case: {case.name}, where the library's losses are "
-                f"finite ({_fmt(out)}). Look for the log of a number <= 0, a square root of a negative number, "
+                f"finite (yours: {_fmt(out)}). Look for the log of a number <= 0, a square root of a negative number, "
                 "or a division by zero.")
     return None
 
