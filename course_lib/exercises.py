@@ -108,6 +108,11 @@ PAIRWISE_CASES = (
 )
 
 
+def _log_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """log(sigmoid(z)) = -softplus(-z), stable; F.logsigmoid is the same but slow on tiny CPU tensors."""
+    return -F.softplus(-z)
+
+
 class _Pairs:
     """What the pairwise mistake formulas read: the four log-probs in float64, beta, h and IPO's target."""
 
@@ -133,26 +138,26 @@ _OVERFLOW_NOTE = (
 )
 
 DPO_MISTAKES = (
-    Mistake("chosen and rejected swapped", lambda p: -F.logsigmoid(-p.beta * p.h),
+    Mistake("chosen and rejected swapped", lambda p: -_log_sigmoid(-p.beta * p.h),
             "Your loss is small when the *rejected* response gains probability: chosen and rejected are swapped "
             f"somewhere (or the sign of h is flipped). Use {_H} and the loss -F.logsigmoid(beta * h)."),
-    Mistake("no reference model", lambda p: -F.logsigmoid(p.beta * (p.pc - p.pr)),
+    Mistake("no reference model", lambda p: -_log_sigmoid(p.beta * (p.pc - p.pr)),
             "Your loss ignores the reference model: it uses policy_chosen_logps - policy_rejected_logps. "
             f"DPO compares log-ratios against the reference: {_H}."),
-    Mistake("reference added", lambda p: -F.logsigmoid(p.beta * ((p.pc - p.pr) + (p.rc - p.rr))),
+    Mistake("reference added", lambda p: -_log_sigmoid(p.beta * ((p.pc - p.pr) + (p.rc - p.rr))),
             "The reference log-probs enter with the wrong sign: a log-ratio is policy minus reference. "
             f"Use {_H}."),
-    Mistake("beta missing", lambda p: -F.logsigmoid(p.h),
+    Mistake("beta missing", lambda p: -_log_sigmoid(p.h),
             "beta is missing: you compute -logsigmoid(h). DPO's loss is -F.logsigmoid(beta * h)."),
     Mistake("beta multiplies the loss", lambda p: -p.beta * F.logsigmoid(p.h),
             "beta multiplies the loss instead of the margin: you compute -beta * logsigmoid(h). "
             "Write -F.logsigmoid(beta * h)."),
-    Mistake("margin divided by beta", lambda p: -F.logsigmoid(p.h / p.beta),
+    Mistake("margin divided by beta", lambda p: -_log_sigmoid(p.h / p.beta),
             "You divide the margin by beta (logsigmoid(h / beta)): DPO multiplies it, -F.logsigmoid(beta * h)."),
-    Mistake("beta on the policy only", lambda p: -F.logsigmoid(p.beta * (p.pc - p.pr) - (p.rc - p.rr)),
+    Mistake("beta on the policy only", lambda p: -_log_sigmoid(p.beta * (p.pc - p.pr) - (p.rc - p.rr)),
             "beta multiplies only the policy's log-probs: put it in front of the whole margin, "
             f"-F.logsigmoid(beta * h) with {_H}."),
-    Mistake("sign of the loss", lambda p: F.logsigmoid(p.beta * p.h),
+    Mistake("sign of the loss", lambda p: _log_sigmoid(p.beta * p.h),
             "Your losses are negative: you return logsigmoid(beta * h), the log-likelihood that DPO maximises. "
             "The loss to minimise is its negative, -F.logsigmoid(beta * h)."),
     Mistake("no log", lambda p: -torch.sigmoid(p.beta * p.h),
@@ -172,14 +177,14 @@ DPO_MISTAKES = (
 )
 
 IPO_MISTAKES = (
-    Mistake("the seed's ipo_loss", lambda p: -F.logsigmoid((p.pc - p.pr) - p.beta),
+    Mistake("the seed's ipo_loss", lambda p: -_log_sigmoid((p.pc - p.pr) - p.beta),
             "This is the seed's ipo_loss: -log(sigmoid(policy_chosen_logps - policy_rejected_logps - beta)) is a "
             "logistic loss with an offset (margin DPO) and it ignores the reference model. IPO (Azar et al. 2023, "
             f"Eq. 17) is the squared loss (h - 1/(2*beta))**2 with {_H}."),
-    Mistake("DPO instead of IPO", lambda p: -F.logsigmoid(p.beta * p.h),
+    Mistake("DPO instead of IPO", lambda p: -_log_sigmoid(p.beta * p.h),
             "This is the DPO loss -logsigmoid(beta * h). IPO replaces it with a square that has a finite target, "
             "(h - 1/(2*beta))**2: the margin stops at 1/(2*beta) instead of growing without bound."),
-    Mistake("logistic with an offset", lambda p: -F.logsigmoid(p.h - p.beta),
+    Mistake("logistic with an offset", lambda p: -_log_sigmoid(p.h - p.beta),
             "-logsigmoid(h - beta) is a logistic loss with an offset (margin DPO), not IPO: IPO's loss is the "
             "square (h - 1/(2*beta))**2."),
     Mistake("hinge instead of IPO", lambda p: torch.relu(1 - p.beta * p.h),
