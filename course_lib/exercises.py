@@ -91,9 +91,19 @@ def _pairs(beta, policy_chosen, policy_rejected, ref_chosen, ref_rejected, dtype
 
 # Multiples of 1/4, exact in bfloat16 too. h = [2.5, -0.5, 9.0, 0.0]; IPO's target 1/(2 beta) falls
 # between them for beta = 0.1 and 0.5; the reference margins rc - rr are not all zero.
-_BATCH = ([-12.5, -20.0, -3.0, -30.0], [-15.0, -17.5, -13.25, -26.75], [-14.0, -19.0, -10.5, -29.5], [-14.0, -17.0, -11.75, -26.25])
+_BATCH = (
+    [-12.5, -20.0, -3.0, -30.0],  # policy_chosen_logps
+    [-15.0, -17.5, -13.25, -26.75],  # policy_rejected_logps
+    [-14.0, -19.0, -10.5, -29.5],  # ref_chosen_logps
+    [-14.0, -17.0, -11.75, -26.25],  # ref_rejected_logps
+)
 # h = [1e4, -1e4, 2005, 0.5]: with beta = 0.5, |beta * h| reaches 5000.
-_EXTREME = ([-150.0, -10150.0, -40.0, -7.5], [-80.0, -60.0, -3000.0, -6.0], [-10150.0, -150.0, -45.0, -7.0], [-80.0, -60.0, -1000.0, -5.0])
+_EXTREME = (
+    [-150.0, -10150.0, -40.0, -7.5],
+    [-80.0, -60.0, -3000.0, -6.0],
+    [-10150.0, -150.0, -45.0, -7.0],
+    [-80.0, -60.0, -1000.0, -5.0],
+)
 # h = [-300, 300, 0.5], exact in bfloat16: with beta = 0.5, -log(sigmoid(-150)) is inf in bfloat16.
 _EXTREME_BF16 = ([-310.0, -10.0, -6.5], [-20.0, -20.0, -9.0], [-10.0, -310.0, -6.0], [-20.0, -20.0, -8.0])
 
@@ -102,9 +112,11 @@ PAIRWISE_CASES = (
     Case("the same 4 pairs, beta = 0.5", _pairs(0.5, *_BATCH)),
     Case("the same 4 pairs, beta = 3", _pairs(3.0, *_BATCH)),
     Case("a batch of size 1, beta = 0.2", _pairs(0.2, [-8.0], [-12.5], [-9.0], [-10.0])),
-    Case("extreme margins (|beta * h| up to 5000, float32), beta = 0.5", _pairs(0.5, *_EXTREME), extreme=True, check_grad=True),
+    Case("extreme margins (|beta * h| up to 5000, float32), beta = 0.5", _pairs(0.5, *_EXTREME),
+         extreme=True, check_grad=True),
     Case("bfloat16 inputs, beta = 0.25", _pairs(0.25, *_BATCH, dtype=torch.bfloat16)),
-    Case("bfloat16 inputs with large margins (|beta * h| = 150), beta = 0.5", _pairs(0.5, *_EXTREME_BF16, dtype=torch.bfloat16), extreme=True),
+    Case("bfloat16 inputs with large margins (|beta * h| = 150), beta = 0.5",
+         _pairs(0.5, *_EXTREME_BF16, dtype=torch.bfloat16), extreme=True),
 )
 
 
@@ -260,7 +272,11 @@ def _rankings(logps, lengths, rewards, *, length_penalty=1.0, sft_weight=1.0, dt
 
 # Scores p = logp / length: row 0 [-3, -2, -4.5, -1.5], row 1 [-1, -2.5, -1.5, -3.5]. The best candidate
 # is neither first nor last, nor is the worst; some pairs are ranked wrongly (rank loss 0.5 and 1.5).
-_RANKS = ([[-12.0, -20.0, -9.0, -12.0], [-6.0, -5.0, -18.0, -14.0]], [[4, 10, 2, 8], [6, 2, 12, 4]], [[0.5, 2.0, -1.0, 1.0], [1.5, -0.5, 3.0, 0.0]])
+_RANKS = (
+    [[-12.0, -20.0, -9.0, -12.0], [-6.0, -5.0, -18.0, -14.0]],  # candidate_logps
+    [[4, 10, 2, 8], [6, 2, 12, 4]],  # candidate_lengths
+    [[0.5, 2.0, -1.0, 1.0], [1.5, -0.5, 3.0, 0.0]],  # candidate_rewards
+)
 # Candidates 0 and 1 tie on reward, with different scores (p = [-2, -1, -1.5, -3]).
 _TIES = ([[-10.0, -3.0, -6.0, -6.0]], [[5, 3, 4, 2]], [[1.0, 1.0, 0.0, 2.0]])
 
@@ -289,6 +305,8 @@ class _Rankings:
         worse = self.rewards.unsqueeze(2) < self.rewards.unsqueeze(1)  # (B, K, K): r_i < r_j
         self.n_pairs = worse.sum(dim=(1, 2)).to(torch.float64)  # (B,) pairs that count
         self.k = self.logps.shape[1]
+        self.best, self.worst = self.rewards.argmax(dim=1), self.rewards.argmin(dim=1)  # (B,) indices
+        self.first, self.last = torch.zeros_like(self.best), torch.full_like(self.best, self.k - 1)  # (B,)
 
     def rank_with(self, *, scores=None, ties=False, reverse=False, hinge=torch.relu) -> torch.Tensor:
         """sum over pairs with r_i < r_j (r_i <= r_j, i != j if ``ties``) of hinge(p_i - p_j). (B,)."""
@@ -303,6 +321,10 @@ class _Rankings:
         """-logp of the candidate ``index`` (B,) of each prompt. (B,)."""
         return -self.logps.gather(1, index.view(-1, 1)).squeeze(1)
 
+    def length_of(self, index: torch.Tensor) -> torch.Tensor:
+        """The length of the candidate ``index`` (B,) of each prompt. (B,)."""
+        return self.lengths.gather(1, index.view(-1, 1)).squeeze(1).to(torch.float64)
+
     def seed(self) -> torch.Tensor:
         """The seed's rrhf_loss: sorted by reward (stable, descending), each pair (i before j) adds
         -log_softmax([s_i, s_j])[0] = softplus(s_j - s_i) on the raw scores s = logp; divided by K**2."""
@@ -310,10 +332,6 @@ class _Rankings:
         first = (r.unsqueeze(2) > r.unsqueeze(1)) | ((r.unsqueeze(2) == r.unsqueeze(1)) & (idx.view(-1, 1) < idx.view(1, -1)))
         terms = F.softplus(self.logps.unsqueeze(1) - self.logps.unsqueeze(2))  # (B, K, K): softplus(s_j - s_i)
         return (terms * first).sum(dim=(1, 2)) / self.k**2
-
-
-def _best(r: _Rankings) -> torch.Tensor:
-    return r.rewards.argmax(dim=1)
 
 
 _SFT = "sft_weight * (-candidate_logps of the highest-reward candidate)"
@@ -331,16 +349,16 @@ RRHF_MISTAKES = (
             "(Eq. 1), otherwise a long response always looks worse."),
     Mistake("ignores length_penalty", lambda r: rrhf_loss(*r.args, length_penalty=1.0, sft_weight=r.sft_weight),
             "Your function ignores length_penalty: divide by candidate_lengths ** length_penalty, not by the length."),
-    Mistake("SFT on the worst", lambda r: r.rank + r.sft_weight * r.sft_on(r.rewards.argmin(dim=1)),
+    Mistake("SFT on the worst", lambda r: r.rank + r.sft_weight * r.sft_on(r.worst),
             "Your SFT term uses the *lowest*-reward candidate: it should use the highest, "
             "candidate_rewards.argmax(dim=1) (Eqs. 3-4)."),
-    Mistake("SFT on the first", lambda r: r.rank + r.sft_weight * r.sft_on(torch.zeros(len(r.logps), dtype=torch.long)),
+    Mistake("SFT on the first", lambda r: r.rank + r.sft_weight * r.sft_on(r.first),
             "Your SFT term uses the first candidate; the candidates are not sorted. Use the highest-reward one, "
             "candidate_rewards.argmax(dim=1) (Eqs. 3-4)."),
-    Mistake("SFT on the last", lambda r: r.rank + r.sft_weight * r.sft_on(torch.full((len(r.logps),), r.k - 1)),
+    Mistake("SFT on the last", lambda r: r.rank + r.sft_weight * r.sft_on(r.last),
             "Your SFT term uses the last candidate; the candidates are not sorted. Use the highest-reward one, "
             "candidate_rewards.argmax(dim=1) (Eqs. 3-4)."),
-    Mistake("SFT averaged over tokens", lambda r: r.rank + r.sft_weight * r.sft_on(_best(r)) / r.lengths.gather(1, _best(r).view(-1, 1)).squeeze(1),
+    Mistake("SFT averaged over tokens", lambda r: r.rank + r.sft_weight * r.sft / r.length_of(r.best),
             "Your SFT term is the per-token average (-logp / length, as in the official code's token mean); the "
             "library follows the paper (Eqs. 3-4) and uses the summed log-prob: -candidate_logps of the best candidate."),
     Mistake("SFT sign", lambda r: r.rank - r.sft_weight * r.sft,
@@ -390,29 +408,43 @@ class _Exercise:
     summary: str  # what the cases cover, for the tick
     hint: str  # the checklist printed when no known mistake matches
     explain: Callable  # view -> a short line shown next to the numbers
+    seed: str = ""  # said when the formula is right but, as in the seed, it averages the batch and overflows
 
     @property
     def reference_name(self) -> str:
         return f"course_lib.losses.{self.reference.__name__}"
 
 
-_PAIR_SUMMARY = "3 betas, a batch of 1, extreme margins, bfloat16"
+_PAIRWISE = dict(tensor_names=PAIR_NAMES, cases=PAIRWISE_CASES, view=_Pairs, grad_names=PAIR_NAMES[:2], unit="pair",
+                 summary="3 betas, a batch of 1, extreme margins, bfloat16")
 _DPO = _Exercise(
-    dpo_loss, PAIR_NAMES, PAIRWISE_CASES, DPO_MISTAKES, _Pairs, PAIR_NAMES[:2], "pair", _PAIR_SUMMARY,
-    f"Check, in order: the margin {_H}; beta multiplies h; the loss is -F.logsigmoid(beta * h), one value per pair.",
-    lambda p: f"h = {_fmt(p.h)}",
+    reference=dpo_loss,
+    mistakes=DPO_MISTAKES,
+    hint=f"Check, in order: the margin {_H}; beta multiplies h; the loss is -F.logsigmoid(beta * h), one value per pair.",
+    explain=lambda p: f"h = {_fmt(p.h)}",
+    seed=("This is the seed's dpo_loss: its formula is right, but it returns the batch mean and it overflows "
+          "at extreme margins."),
+    **_PAIRWISE,
 )
 _IPO = _Exercise(
-    ipo_loss, PAIR_NAMES, PAIRWISE_CASES, IPO_MISTAKES, _Pairs, PAIR_NAMES[:2], "pair", _PAIR_SUMMARY,
-    f"Check, in order: the margin {_H}; the target 1/(2*beta); the loss (h - 1/(2*beta))**2, one value per pair.",
-    lambda p: f"h = {_fmt(p.h)}, target 1/(2*beta) = {_fmt(torch.tensor(p.target))}",
+    reference=ipo_loss,
+    mistakes=IPO_MISTAKES,
+    hint=f"Check, in order: the margin {_H}; the target 1/(2*beta); the loss (h - 1/(2*beta))**2, one value per pair.",
+    explain=lambda p: f"h = {_fmt(p.h)}, target 1/(2*beta) = {_fmt(torch.tensor(p.target))}",
+    **_PAIRWISE,
 )
 _RRHF = _Exercise(
-    rrhf_loss, RANKING_NAMES, RANKING_CASES, RRHF_MISTAKES, _Rankings, RANKING_NAMES[:1], "prompt",
-    "ties, a batch of 1, sft_weight, length_penalty, bfloat16",
-    "Check, in order: scores p_i = candidate_logps / candidate_lengths**length_penalty; the sum of max(0, p_i - p_j) "
-    f"over pairs with r_i < r_j (ties never count); plus {_SFT}; one value per prompt.",
-    lambda r: f"course_lib.losses.rrhf_loss_terms gives rank = {_fmt(r.rank)} and sft = {_fmt(r.sft)}",
+    reference=rrhf_loss,
+    tensor_names=RANKING_NAMES,
+    cases=RANKING_CASES,
+    mistakes=RRHF_MISTAKES,
+    view=_Rankings,
+    grad_names=RANKING_NAMES[:1],
+    unit="prompt",
+    summary="ties, a batch of 1, sft_weight, length_penalty, bfloat16",
+    hint="Check, in order: scores p_i = candidate_logps / candidate_lengths**length_penalty; the sum of "
+         f"max(0, p_i - p_j) over pairs with r_i < r_j (ties never count); plus {_SFT}; one value per prompt.",
+    explain=lambda r: f"course_lib.losses.rrhf_loss_terms gives rank = {_fmt(r.rank)} and sft = {_fmt(r.sft)}",
 )
 
 
@@ -607,7 +639,8 @@ def _known_mistake(outputs, views, tolerances, ex: _Exercise) -> str | None:
                 if mistake is right and reduction == "none" and not skipped:
                     continue
                 if all(_close(outputs[i], reduce(value(mistake, i)), tolerances[i]) for i in kept):
-                    notes = [mistake.message, note.format(unit=ex.unit), _OVERFLOW_NOTE if skipped else ""]
+                    seed = ex.seed if mistake is right and reduction == "mean" and skipped else ""
+                    notes = [seed, mistake.message, note.format(unit=ex.unit), _OVERFLOW_NOTE if skipped else ""]
                     return "\n".join(n for n in notes if n)
     return None
 

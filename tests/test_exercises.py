@@ -149,7 +149,7 @@ def dpo_constant(pc, pr, rc, rr, *, beta=0.1):
 
 
 DPO_BROKEN = [
-    (seed_dpo_loss, ["F.logsigmoid", "the seed's dpo_loss", "its mean"]),
+    (seed_dpo_loss, ["This is the seed's dpo_loss: its formula is right", "F.logsigmoid", "its mean"]),
     (dpo_swapped, ["swapped"]),
     (dpo_no_reference, ["ignores the reference model"]),
     (dpo_beta_outside, ["beta multiplies the loss instead of the margin"]),
