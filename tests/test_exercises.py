@@ -552,3 +552,13 @@ def test_each_mistake_formula_is_diagnosed_as_itself(checker, reference, mistake
 def test_mistake_names_are_unique(mistakes):
     names = [m.name for m in mistakes]
     assert len(set(names)) == len(names)
+
+
+def test_cases_avoid_beta_one_and_cover_the_brief():
+    """beta = 1 would make several beta-placement mistakes equal to the right formula."""
+    inputs = [case.build() for case in PAIRWISE_CASES]
+    assert all(x["beta"] != 1 for x in inputs) and len({x["beta"] for x in inputs}) >= 3
+    assert any(len(x["policy_chosen_logps"]) == 1 for x in inputs)
+    assert any(x["policy_chosen_logps"].dtype == torch.bfloat16 for x in inputs)
+    assert max((x["beta"] * _Pairs(x).h).abs().max().item() for x in inputs) >= 1e3
+    assert any(len(case.build()["candidate_logps"]) == 1 for case in RANKING_CASES)
