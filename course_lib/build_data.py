@@ -32,7 +32,7 @@ from course_lib.sampling import sample_responses
 from course_lib.toy_task import NEGATIVE_WORDS, POSITIVE_WORDS, PROMPTS, VOCAB, true_reward
 
 FULL = dict(corpus=4000, steps=400, batch=64, pref_train=2000, pref_test=256, rank_train=500, rank_test=100)
-SMALL = dict(corpus=600, steps=40, batch=32, pref_train=120, pref_test=40, rank_train=30, rank_test=10)
+SMALL = dict(corpus=400, steps=30, batch=32, pref_train=100, pref_test=30, rank_train=20, rank_test=10)
 K = 4  # responses per ranking
 MAX_NEW_TOKENS = 12
 OUTPUTS = ("sft", "preferences", "rankings", "reference_model", "README.md", MANIFEST)
@@ -128,11 +128,14 @@ def build_pairs(model, tokenizer, n: int, generator: torch.Generator, prompts: l
     """Samples distinct, untied pairs ``(prompt, a, b, r_a, r_b)`` from the model until ``n`` are found."""
     pairs, seen, stats, start = [], set(), {"sampled": 0, "ties": 0, "duplicates": 0, "reward_sum": 0.0}, 0
     while len(pairs) < n:
-        ps = _cycle(prompts, start, 512)
-        start += 512
+        chunk = min(512, 64 + 2 * (n - len(pairs)))  # small builds sample little
+        ps = _cycle(prompts, start, chunk)
+        start += chunk
         a = sample_responses(model, tokenizer, ps, max_new_tokens=MAX_NEW_TOKENS, generator=generator)
         b = sample_responses(model, tokenizer, ps, max_new_tokens=MAX_NEW_TOKENS, generator=generator)
         for p, x, y in zip(ps, a, b):
+            if len(pairs) == n:
+                break
             rx, ry = true_reward(x), true_reward(y)
             stats["sampled"] += 2
             stats["reward_sum"] += rx + ry
@@ -141,7 +144,7 @@ def build_pairs(model, tokenizer, n: int, generator: torch.Generator, prompts: l
                 stats["ties"] += 1
             elif key in seen:
                 stats["duplicates"] += 1
-            elif len(pairs) < n:
+            else:
                 seen.add(key)
                 pairs.append((p, x, y, rx, ry))
     return pairs, stats
@@ -168,8 +171,9 @@ def build_rankings(model, tokenizer, n: int, generator: torch.Generator, prompts
     """Makes ``n`` records of K distinct samples per prompt with their true rewards (sampling order kept)."""
     out, start = [], 0
     while len(out) < n:
-        ps = _cycle(prompts, start, 64)
-        start += 64
+        chunk = min(64, 8 + n - len(out))
+        ps = _cycle(prompts, start, chunk)
+        start += chunk
         cands = sample_responses(model, tokenizer, [p for p in ps for _ in range(2 * K)],
                                  max_new_tokens=MAX_NEW_TOKENS, generator=generator)
         for i, p in enumerate(ps):
@@ -326,9 +330,10 @@ trailing space. Rewards are rounded to 4 decimals. Load with `course_lib.data.lo
    lr 3e-3, cosine) on prompt + completion + `<eos>`, loss on the completion only; final loss
    (mean of last 20 steps) {s['final_sft_loss']:.3f}.
 4. **Preferences**: for each prompt (cycled), two responses sampled from the reference model
-   (temperature 1, at most {MAX_NEW_TOKENS} new tokens). Of {ps['sampled'] // 2} sampled pairs, {ps['ties']} ties (equal reward,
-   including identical responses) and {ps['duplicates']} repeats of an earlier pair were dropped; the first {cut}
-   kept pairs form train, the next {len(det) - cut} test, so no pair appears in both.
+   (temperature 1, at most {MAX_NEW_TOKENS} new tokens), until {len(det)} pairs were kept. Of the {ps['sampled'] // 2} pairs
+   examined, {ps['ties']} ties (equal reward, including identical responses) and {ps['duplicates']} repeats of an
+   earlier pair were dropped; the first {cut} kept pairs form train, the next {len(det) - cut} test, so no pair
+   appears in both.
    Mean true reward of all {ps['sampled']} reference samples: **{s['ref_reward']:.3f}**.
    Mean chosen / rejected reward (train, deterministic): {_mean(r['chosen_reward'] for r in det[:cut]):.3f} / {_mean(r['rejected_reward'] for r in det[:cut]):.3f}.
    Mean response length: {n_tok(det, 'chosen'):.2f} tokens (chosen), {n_tok(det, 'rejected'):.2f} (rejected).
