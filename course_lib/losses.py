@@ -167,9 +167,9 @@ def rrhf_loss_terms(
     """
     _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards)
     scores = rrhf_scores(candidate_logps, candidate_lengths, length_penalty=length_penalty)  # (B, K)
-    rewards = candidate_rewards.to(scores.dtype)
-    # worse[b, i, j] is True when candidate i has a lower reward than candidate j
-    worse = rewards.unsqueeze(2) < rewards.unsqueeze(1)  # (B, K, K)
+    # worse[b, i, j] is True when candidate i has a lower reward than candidate j (compared in the
+    # rewards' own dtype: casting them to bf16 log-probs could turn close rewards into ties)
+    worse = candidate_rewards.unsqueeze(2) < candidate_rewards.unsqueeze(1)  # (B, K, K)
     score_gap = scores.unsqueeze(2) - scores.unsqueeze(1)  # (B, K, K): p_i - p_j
     rank = (torch.relu(score_gap) * worse.to(scores.dtype)).sum(dim=(1, 2))  # (B,)
     best = candidate_rewards.argmax(dim=1, keepdim=True)  # (B, 1)
