@@ -6,6 +6,7 @@ policy*, not the preference data.
 
 import torch
 
+from ._checks import check_logps
 from .logprobs import IGNORE_INDEX
 
 
@@ -22,8 +23,7 @@ def kl_estimators(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> dict[s
     Returns:
         dict with "k1", "k2", "k3", each (N,).
     """
-    if policy_logps.shape != ref_logps.shape:
-        raise ValueError(f"policy_logps {tuple(policy_logps.shape)} and ref_logps {tuple(ref_logps.shape)} must match")
+    check_logps(policy_logps=policy_logps, ref_logps=ref_logps)
     log_ratio = ref_logps - policy_logps
     return {"k1": -log_ratio, "k2": 0.5 * log_ratio**2, "k3": torch.expm1(log_ratio) - log_ratio}
 
@@ -47,6 +47,11 @@ def sequence_kl(
     Returns:
         (B,) KL per sequence, in fp32.
     """
+    for name, value in (("policy_logits", policy_logits), ("ref_logits", ref_logits)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() != 3:
+            raise TypeError(f"{name} must be a floating-point tensor of shape (B, T, V), got {getattr(value, 'dtype', type(value).__name__)} {tuple(getattr(value, 'shape', ()))}")
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of token ids, got {getattr(labels, 'dtype', type(labels).__name__)}")
     if policy_logits.shape != ref_logits.shape:
         raise ValueError(f"policy_logits {tuple(policy_logits.shape)} and ref_logits {tuple(ref_logits.shape)} must match")
     if tuple(labels.shape) != tuple(policy_logits.shape[:2]):

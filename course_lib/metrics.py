@@ -36,6 +36,12 @@ def preference_metrics(
     Args:
         the four (B,) log-prob tensors. Returns: dict of Python floats.
     """
+    check_logps(
+        policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps,
+        ref_chosen_logps=ref_chosen_logps,
+        ref_rejected_logps=ref_rejected_logps,
+    )
     chosen_rewards = implicit_rewards(policy_chosen_logps, ref_chosen_logps, beta=beta).float()
     rejected_rewards = implicit_rewards(policy_rejected_logps, ref_rejected_logps, beta=beta).float()
     return {
