@@ -200,80 +200,93 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs)
 
 
+def _build_into(out: Path, seed: int, small: bool, say) -> dict:
+    """Runs steps 1-7 into ``out``; returns the statistics that the datasheet reports."""
+    sizes, t0 = (SMALL if small else FULL), time.perf_counter()
+    elapsed = lambda: f"({time.perf_counter() - t0:.1f}s)"  # noqa: E731
+    rng = random.Random(seed)
+    # 1.-3. corpus, tokenizer, reference model
+    corpus = build_corpus(sizes["corpus"], rng)
+    written = [_write_jsonl(out / "sft/train.jsonl",
+                            [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in corpus])]
+    tokenizer = build_tokenizer()
+    model, loss = train_reference(corpus, tokenizer, sizes["steps"], sizes["batch"], seed)
+    model.save_pretrained(out / "reference_model")  # always safetensors in transformers 5
+    tokenizer.save_pretrained(out / "reference_model")
+    written += sorted((out / "reference_model").iterdir())
+    say(f"[build_data] reference model: {sizes['steps']} steps, final loss {loss:.3f} {elapsed()}")
+
+    # 4. preference pairs from the reference model's own samples
+    prompts = list(PROMPTS)
+    rng.shuffle(prompts)
+    cut = sizes["pref_train"]
+    pair_gen = torch.Generator().manual_seed(seed + 1)
+    pairs, pstats = build_pairs(model, tokenizer, cut + sizes["pref_test"], pair_gen, prompts)
+    det, bt = label_pairs(pairs, torch.Generator().manual_seed(seed + 2))
+    for name, recs in (("train", det[:cut]), ("test", det[cut:]),
+                       ("train_bradley_terry", bt[:cut]), ("test_bradley_terry", bt[cut:])):
+        written.append(_write_jsonl(out / f"preferences/{name}.jsonl", recs))
+    say(f"[build_data] {len(pairs)} preference pairs {elapsed()}")
+
+    # 5. RRHF rankings (the shared `seen` keeps test records out of train)
+    gen, seen = torch.Generator().manual_seed(seed + 3), set()
+    rank = {split: build_rankings(model, tokenizer, sizes[f"rank_{split}"], gen, prompts, seen)
+            for split in ("train", "test")}
+    for split, recs in rank.items():
+        written.append(_write_jsonl(out / f"rankings/{split}.jsonl", recs))
+    say(f"[build_data] {sum(map(len, rank.values()))} rankings {elapsed()}")
+
+    # 6.-7. datasheet and manifest
+    stats = {
+        "seed": seed, "small": small, "sizes": sizes, "final_sft_loss": loss, "vocab_size": len(tokenizer),
+        "n_params": sum(p.numel() for p in model.parameters()), "config": model.config,
+        "corpus_reward": _mean(true_reward(r["completion"]) for r in corpus),
+        "ref_reward": pstats["reward_sum"] / pstats["sampled"], "pair_stats": pstats,
+        "det": det, "bt": bt, "cut": cut, "rank": rank,
+        "bt_agree": _mean(d["chosen"] == b["chosen"] for d, b in zip(det, bt)),
+    }
+    (out / "README.md").write_text(datasheet(stats), encoding="utf-8")
+    written.append(out / "README.md")
+    write_manifest(out, [p.relative_to(out).as_posix() for p in written])
+    say(f"[build_data] wrote {out} {elapsed()}")
+    return stats
+
+
 def build(out: str | Path | None = None, *, seed: int = 0, small: bool = False, verbose: bool = True) -> dict:
     """Builds everything into ``out`` (default: the data folder); returns the statistics in the datasheet.
 
-    Global torch state (threads, determinism flag, RNG) is restored afterwards.
+    Runs on one thread with deterministic algorithms; the global torch state
+    (threads, determinism flag, RNG) is restored afterwards.
     """
     out = Path(out) if out is not None else data_dir()
-    sizes = SMALL if small else FULL
-    say = print if verbose else (lambda *a, **k: None)
-    threads, deterministic, bars = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), hf_logging.is_progress_bar_enabled()
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:  # remove stale artefacts of an earlier build
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    bars = hf_logging.is_progress_bar_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     hf_logging.disable_progress_bar()
-    t0 = time.perf_counter()
     try:
         with torch.random.fork_rng(devices=[]):
-            out.mkdir(parents=True, exist_ok=True)
-            for name in OUTPUTS:  # remove stale artefacts of an earlier build
-                target = out / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-            rng = random.Random(seed)
-            written = []
-            corpus = build_corpus(sizes["corpus"], rng)
-            written.append(_write_jsonl(out / "sft/train.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in corpus]))
-            tokenizer = build_tokenizer()
-            model, loss = train_reference(corpus, tokenizer, sizes["steps"], sizes["batch"], seed)
-            say(f"[build_data] trained reference model: {sizes['steps']} steps, final loss {loss:.3f} ({time.perf_counter() - t0:.1f}s)")
-            model.save_pretrained(out / "reference_model")
-            tokenizer.save_pretrained(out / "reference_model")
-            written += sorted((out / "reference_model").iterdir())
-
-            prompts = list(PROMPTS)
-            rng.shuffle(prompts)
-            n_pairs = sizes["pref_train"] + sizes["pref_test"]
-            pairs, pstats = build_pairs(model, tokenizer, n_pairs, torch.Generator().manual_seed(seed + 1), prompts)
-            det, bt = label_pairs(pairs, torch.Generator().manual_seed(seed + 2))
-            cut = sizes["pref_train"]
-            for name, recs in (("train", det[:cut]), ("test", det[cut:]), ("train_bradley_terry", bt[:cut]), ("test_bradley_terry", bt[cut:])):
-                written.append(_write_jsonl(out / f"preferences/{name}.jsonl", recs))
-            say(f"[build_data] {len(pairs)} preference pairs ({time.perf_counter() - t0:.1f}s)")
-
-            gen, seen = torch.Generator().manual_seed(seed + 3), set()
-            rank = {split: build_rankings(model, tokenizer, sizes[f"rank_{split}"], gen, prompts, seen) for split in ("train", "test")}
-            for split, recs in rank.items():
-                written.append(_write_jsonl(out / f"rankings/{split}.jsonl", recs))
-            say(f"[build_data] rankings ({time.perf_counter() - t0:.1f}s)")
-
-            stats = {
-                "seed": seed, "small": small, "sizes": sizes, "final_sft_loss": loss, "vocab_size": len(tokenizer),
-                "n_params": sum(p.numel() for p in model.parameters()), "config": model.config,
-                "corpus_reward": _mean(true_reward(r["completion"]) for r in corpus),
-                "ref_reward": pstats["reward_sum"] / pstats["sampled"], "pair_stats": pstats,
-                "det": det, "bt": bt, "cut": cut, "rank": rank,
-                "bt_agree": _mean(d["chosen"] == b["chosen"] for d, b in zip(det, bt)),
-            }
-            (out / "README.md").write_text(datasheet(stats), encoding="utf-8")
-            written.append(out / "README.md")
-            write_manifest(out, [p.relative_to(out).as_posix() for p in written])
+            return _build_into(out, seed, small, print if verbose else (lambda *a, **k: None))
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         if bars:
             hf_logging.enable_progress_bar()
-    say(f"[build_data] wrote {out} in {time.perf_counter() - t0:.1f}s")
-    return stats
 
 
 # ----------------------------------------------------------------------------- 6. datasheet
 def datasheet(s: dict) -> str:
     """Renders the README datasheet from build statistics (every number is computed, none typed in)."""
     det, bt, cut, rank, cfg, ps = s["det"], s["bt"], s["cut"], s["rank"], s["config"], s["pair_stats"]
-    cmd = "python -m course_lib.build_data" + (f" --seed {s['seed']}" if s["seed"] else "") + (" --small" if s["small"] else "")
+    cmd = "python -m course_lib.build_data"
+    cmd += (f" --seed {s['seed']}" if s["seed"] else "") + (" --small" if s["small"] else "")
     n_tok = lambda recs, f: _mean(len(r[f].split()) for r in recs)  # noqa: E731
     rows = [
         ("sft/train.jsonl", s["sizes"]["corpus"], "prompt, completion"),
@@ -286,6 +299,10 @@ def datasheet(s: dict) -> str:
     ]
     table = "\n".join(f"| `{f}` | {n} | {d} |" for f, n, d in rows)
     rank_all = rank["train"] + rank["test"]
+    rank_mean = _mean(x for r in rank_all for x in r["rewards"])
+    best_of_k = _mean(max(r["rewards"]) for r in rank_all)
+    chosen_mean = _mean(r["chosen_reward"] for r in det[:cut])
+    rejected_mean = _mean(r["rejected_reward"] for r in det[:cut])
     return f"""# Toy-world data (Chapter 18: RRHF and IPO)
 
 Made by this project, not downloaded: `{cmd}` wrote every file here from seed {s['seed']}
@@ -335,14 +352,14 @@ trailing space. Rewards are rounded to 4 decimals. Load with `course_lib.data.lo
    earlier pair were dropped; the first {cut} kept pairs form train, the next {len(det) - cut} test, so no pair
    appears in both.
    Mean true reward of all {ps['sampled']} reference samples: **{s['ref_reward']:.3f}**.
-   Mean chosen / rejected reward (train, deterministic): {_mean(r['chosen_reward'] for r in det[:cut]):.3f} / {_mean(r['rejected_reward'] for r in det[:cut]):.3f}.
+   Mean chosen / rejected reward (train, deterministic): {chosen_mean:.3f} / {rejected_mean:.3f}.
    Mean response length: {n_tok(det, 'chosen'):.2f} tokens (chosen), {n_tok(det, 'rejected'):.2f} (rejected).
    - *deterministic*: the higher reward is chosen.
    - *bradley_terry*: the first sample is chosen with probability sigmoid(r1 - r2). These labels agree
      with the deterministic ones on {100 * s['bt_agree']:.1f}% of pairs.
 5. **Rankings** (RRHF): {K} distinct reference samples per prompt, in sampling order (not sorted),
    with their true rewards; no (prompt, response set) appears in both splits. Mean reward
-   {_mean(x for r in rank_all for x in r['rewards']):.3f}, mean best-of-{K} reward {_mean(max(r['rewards']) for r in rank_all):.3f}.
+   {rank_mean:.3f}, mean best-of-{K} reward {best_of_k:.3f}.
 
 ## Reproducibility and integrity
 

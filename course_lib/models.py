@@ -75,15 +75,20 @@ def load_model_and_tokenizer(
 ):
     """Loads ``(model, tokenizer)`` with the Auto classes; the model is returned in eval mode.
 
-    ``name_or_path`` defaults to ``data_dir() / "reference_model"``. A path that
-    looks local (absolute, starting with ``.``, or existing) must be a folder
-    with a saved model, else a FileNotFoundError names it. ``device`` defaults
-    to CPU and ``dtype`` to the saved dtype (float32).
+    ``name_or_path`` defaults to ``data_dir() / "reference_model"``. A name that
+    looks local (an existing path, a ``Path``, one starting with ``.``, ``~`` or
+    ``/``, or with two or more ``/``) must be a folder with a saved model, else a
+    FileNotFoundError names it; other names go to the Hugging Face hub. ``device`` defaults
+    to CPU and ``dtype`` to the saved dtype (float32). A tokenizer without a
+    pad token gets ``pad_token = eos_token``.
     """
     if name_or_path is None:
         name_or_path = data_dir() / "reference_model"
     path = Path(name_or_path).expanduser()
-    looks_local = isinstance(name_or_path, Path) or path.is_absolute() or str(name_or_path).startswith(".") or path.exists()
+    text = str(name_or_path)
+    # hub ids look like "name" or "org/name"; anything else is a local path
+    looks_local = (isinstance(name_or_path, Path) or path.exists()
+                   or text.startswith((".", "~", "/")) or text.count("/") > 1)
     if looks_local:
         if not path.is_dir():
             raise FileNotFoundError(
@@ -95,6 +100,8 @@ def load_model_and_tokenizer(
         name_or_path = str(path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:  # e.g. hub GPT-2: pad with EOS (the toy tokenizer has its own <pad>)
+        tokenizer.pad_token = tokenizer.eos_token
     model.to(torch.device(device) if device is not None else torch.device("cpu"))
     model.eval()
     return model, tokenizer

@@ -22,7 +22,7 @@ def _sample_ids(model, prompt_ids: list[list[int]], max_new_tokens, temperature,
     device = next(model.parameters()).device
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if limit is not None and len(prompt_ids[0]) + max_new_tokens > limit:
-        raise ValueError(f"prompt length {len(prompt_ids[0])} + max_new_tokens {max_new_tokens} exceeds {limit} positions")
+        raise ValueError(f"prompt length {len(prompt_ids[0])} + max_new_tokens {max_new_tokens} > {limit} positions")
     out = model(input_ids=torch.tensor(prompt_ids, device=device), use_cache=True)  # logits: (B, L, V)
     done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
     steps = []

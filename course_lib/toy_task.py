@@ -88,8 +88,9 @@ def reward_terms(response: str) -> dict[str, int]:
     """Counts the four integer ingredients of the true reward of ``response``.
 
     Returns ``{"positive", "negative", "repeats", "extra_length"}`` where
-    ``positive``/``negative`` count *distinct* sentiment words, ``repeats`` is the number of tokens equal to an earlier token of the
-    response and ``extra_length = max(0, n_tokens - 8)``.
+    ``positive``/``negative`` count *distinct* sentiment words, ``repeats`` is
+    the number of tokens equal to an earlier token of the response and
+    ``extra_length = max(0, n_tokens - 8)``.
     """
     tokens = response.split()
     return {

@@ -117,17 +117,20 @@ def test_sampling_is_deterministic_given_the_generator(ref):
     ids, labels = sample_response_ids(model, tok, prompts, generator=torch.Generator().manual_seed(3))
     expected = encode_prompt_response(tok, prompts, a)
     assert torch.equal(ids, expected["input_ids"]) and torch.equal(labels, expected["labels"])
-    assert sample_responses(model, tok, prompts[:3], temperature=0) == sample_responses(model, tok, prompts[:3], temperature=0)
+    greedy = [sample_responses(model, tok, prompts[:3], temperature=0) for _ in range(2)]
+    assert greedy[0] == greedy[1]
 
 
 # ----------------------------------------------------------------------------- committed data
 def test_committed_data_loads_and_is_small():
     D.verify_manifest(DATA)
-    det, bt = D.load_preferences("train", data_dir=DATA), D.load_preferences("train", labelling="bradley_terry", data_dir=DATA)
+    det = D.load_preferences("train", data_dir=DATA)
+    bt = D.load_preferences("train", labelling="bradley_terry", data_dir=DATA)
     test = D.load_preferences("test", data_dir=DATA)
     assert len(det) == len(bt) >= 1000 and len(test) >= 100
     assert all(r["chosen_reward"] > r["rejected_reward"] for r in det + test)
-    assert [(r["prompt"], {r["chosen"], r["rejected"]}) for r in det] == [(r["prompt"], {r["chosen"], r["rejected"]}) for r in bt]
+    unordered = lambda recs: [(r["prompt"], {r["chosen"], r["rejected"]}) for r in recs]  # noqa: E731
+    assert unordered(det) == unordered(bt)  # same pairs, possibly flipped
     key = lambda r: (r["prompt"], frozenset((r["chosen"], r["rejected"])))  # noqa: E731
     assert not {key(r) for r in det} & {key(r) for r in test}
     ranks = D.load_rankings("train", data_dir=DATA)
@@ -150,7 +153,8 @@ def test_data_dir_honours_env(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad inputs
-GOOD = {"prompt": "the movie was", "chosen": " great .", "rejected": " dull .", "chosen_reward": 1.0, "rejected_reward": -1.0}
+GOOD = {"prompt": "the movie was", "chosen": " great .", "rejected": " dull .",
+        "chosen_reward": 1.0, "rejected_reward": -1.0}
 BAD_LINES = {
     "malformed JSON": '{"prompt": "the movie was", "chosen": ',
     "missing field": json.dumps({k: v for k, v in GOOD.items() if k != "rejected"}),
@@ -215,5 +219,6 @@ def test_small_build_is_bit_for_bit_reproducible(tmp_path):
     for rel in files(tmp_path / "a"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     D.verify_manifest(tmp_path / "a")
-    assert len(D.load_preferences("test", labelling="bradley_terry", data_dir=tmp_path / "a")) == stats[0]["sizes"]["pref_test"]
+    loaded = D.load_preferences("test", labelling="bradley_terry", data_dir=tmp_path / "a")
+    assert len(loaded) == stats[0]["sizes"]["pref_test"]
     assert f"{stats[0]['sizes']['pref_train']} |" in (tmp_path / "a" / "README.md").read_text()
