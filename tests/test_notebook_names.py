@@ -12,6 +12,7 @@ top level (read from its source, so that nothing heavy is imported). The CLIs ``
 """
 
 import ast
+import functools
 import pkgutil
 import sys
 from pathlib import Path
@@ -127,6 +128,7 @@ def notebook_bindings(notebook) -> list[tuple[int, str, int]]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def library_public_names() -> dict[str, str]:
     """Public name -> module that defines it, for course_lib.__all__ and every public submodule."""
     public = {name: "course_lib" for name in course_lib.__all__}
@@ -152,7 +154,7 @@ def library_public_names() -> dict[str, str]:
 
 
 def shadowed(notebook, public=None) -> list[str]:
-    public = library_public_names() if public is None else public
+    public = dict(library_public_names()) if public is None else public
     return [
         f"cell {index}, line {line}: {name!r} rebinds {public[name]}.{name} (use my_{name})"
         for index, name, line in notebook_bindings(notebook)
