@@ -18,6 +18,9 @@ def default_device() -> torch.device:
             raise ValueError(f"COURSE_DEVICE={requested!r} is not a torch device: {err}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("COURSE_DEVICE asks for cuda, but torch.cuda.is_available() is False")
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError("COURSE_DEVICE asks for mps, but torch.backends.mps.is_available() is False")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -374,6 +374,7 @@ class BanditTauFigure:
                 self.bands[loss, a] = ax.fill_between([0, 1], [0, 0], [0, 0], color=colour, alpha=0.25, lw=0)
                 self.optimum_lines[loss, a] = ax.axhline(0.0, color=colour, ls="--", lw=1)
             ax.set_xlim(0, max_step)
+            ax.set_xticks([round(max_step * k / 3) for k in range(4)])
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("step")
             ax.set_title(f"{loss.upper()}: mean and 95% interval over seeds; dashed: IPO optimum", fontsize=9)
@@ -437,3 +438,35 @@ def build_bandit_widget(sweep: dict, *, beta: float | None = None):
     box.beta_slider, box.readout, box.image, box.figure = beta_slider, readout, image, figure
     redraw()
     return box
+
+
+def plot_bandit_grid(sweep: dict, betas, *, figsize=None):
+    """Action probabilities over steps: one row per loss, one column per tau in ``betas`` (pyplot figure).
+
+    Each panel shows the seeds' mean (line) and 95% interval (band) of pi(a), pi(b), pi(c), and IPO's
+    closed-form optimum at that tau (dashed). Returns the Figure; end the cell with ``plt.show()``.
+    """
+    import matplotlib.pyplot as plt
+
+    losses = tuple(sweep["losses"])
+    fig, axes = plt.subplots(len(losses), len(betas), figsize=figsize or (3.2 * len(betas), 2.6 * len(losses)),
+                             sharex=True, sharey=True, squeeze=False)
+    for col, beta in enumerate(betas):
+        state = bandit_tau_state(sweep, beta)
+        steps = state.steps.tolist()
+        for row, loss in enumerate(losses):
+            ax = axes[row][col]
+            for a, colour in enumerate(BanditTauFigure.ACTION_COLOURS):
+                ax.plot(steps, state.mean[loss][:, a].tolist(), color=colour, lw=1.5, label="abc"[a])
+                ax.fill_between(steps, state.low[loss][:, a].tolist(), state.high[loss][:, a].tolist(), color=colour, alpha=0.25, lw=0)
+                ax.axhline(float(state.ipo_optimum[a]), color=colour, ls="--", lw=0.8)
+            ax.set_title(f"{loss.upper()}, tau = {beta:g}", fontsize=9)
+            ax.set_ylim(-0.02, 1.02)
+            if row == len(losses) - 1:
+                ax.set_xlabel("step")
+                ax.set_xticks([0, 6000, 12000, 18000])
+            if col == 0:
+                ax.set_ylabel("pi(action)")
+    axes[0][0].legend(fontsize=8, title="action", title_fontsize=8, loc="center right")
+    fig.tight_layout()
+    return fig

@@ -59,12 +59,11 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int
     chunks = []
     for chunk_logits, chunk_labels in zip(next_logits.split(chunk_size), safe_labels.split(chunk_size)):
         picked = chunk_logits.gather(-1, chunk_labels.unsqueeze(-1)).squeeze(-1)  # (b, T-1)
-        # logsumexp in fp32 for stability in half precision, as TRL does (fp32/fp64 stay as they are)
-        wide = chunk_logits.float() if chunk_logits.dtype in (torch.float16, torch.bfloat16) else chunk_logits
-        normaliser = torch.logsumexp(wide, dim=-1).to(chunk_logits.dtype)  # (b, T-1)
+        # torch's reductions accumulate half precision in fp32 already: no fp32 copy of the chunk
+        normaliser = torch.logsumexp(chunk_logits, dim=-1)  # (b, T-1)
         chunks.append(picked - normaliser)
     per_token = torch.cat(chunks)  # (B, T-1)
-    return per_token * scored.to(per_token.dtype)
+    return torch.where(scored, per_token, torch.zeros_like(per_token))  # 0 where unscored, even if logits there are inf
 
 
 def sequence_logps(
