@@ -28,6 +28,53 @@ def _word_ids(vocab: dict[str, int], text: str, what: str, index: int) -> list[i
     return ids
 
 
+def is_word_level(tokenizer) -> bool:
+    """True for the course's word-level tokenizer (one id per vocabulary word, split on whitespace)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordLevel"
+
+
+def _words_only(tokenizer) -> dict[str, int]:
+    special = set(tokenizer.all_special_tokens)
+    return {w: i for w, i in tokenizer.get_vocab().items() if w not in special}
+
+
+def encode_prompt(tokenizer, prompt: str, index: int = 0) -> list[int]:
+    """Token ids of one prompt.
+
+    Word-level tokenizer: one id per word (unknown words raise). Any other Hugging Face tokenizer: its
+    chat template with a generation prompt when it has one (a user turn holding ``prompt``), else
+    plain ``tokenizer(prompt)`` ids.
+    """
+    if is_word_level(tokenizer):
+        return _word_ids(_words_only(tokenizer), prompt, "prompt", index)
+    if not prompt.strip():
+        raise ValueError(f"prompt {index} is empty: {prompt!r}")
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        return list(ids)
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def encode_response(tokenizer, response: str, index: int = 0) -> list[int]:
+    """Token ids of one response followed by ``eos`` (which is scored too)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token: responses must end with one")
+    if is_word_level(tokenizer):
+        return _word_ids(_words_only(tokenizer), response, "response", index) + [tokenizer.eos_token_id]
+    if not response.strip():
+        raise ValueError(f"response {index} is empty: {response!r}")
+    return list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+
+
+def decode_response(tokenizer, ids: list[int]) -> str:
+    """The text of sampled response ids (no eos): words joined by spaces, or the tokenizer's decode."""
+    if is_word_level(tokenizer):
+        return " ".join(tokenizer.convert_ids_to_tokens(ids))
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str]) -> dict[str, torch.Tensor]:
     """Encodes B (prompt, response) pairs into right-padded tensors of shape (B, T).
 
@@ -42,12 +89,8 @@ def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str]) 
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise ValueError("cannot encode an empty batch")
-    special = set(tokenizer.all_special_tokens)
-    vocab = {w: i for w, i in tokenizer.get_vocab().items() if w not in special}  # words only
-    rows = []
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        rows.append((_word_ids(vocab, prompt, "prompt", i),
-                     _word_ids(vocab, response, "response", i) + [tokenizer.eos_token_id]))
+    rows = [(encode_prompt(tokenizer, prompt, i), encode_response(tokenizer, response, i))
+            for i, (prompt, response) in enumerate(zip(prompts, responses))]
     T = max(len(p) + len(r) for p, r in rows)
     input_ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), T), dtype=torch.long)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.batching import _word_ids, encode_prompt_response
+from course_lib.batching import decode_response, encode_prompt, encode_prompt_response
 
 
 @torch.no_grad()
@@ -77,14 +77,14 @@ def sample_responses(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 <= min_new_tokens <= max_new_tokens:
         raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens, got {min_new_tokens}, {max_new_tokens}")
-    special = set(tokenizer.all_special_tokens)
-    vocab = {w: i for w, i in tokenizer.get_vocab().items() if w not in special}
-    prompt_ids = [_word_ids(vocab, p, "prompt", i) for i, p in enumerate(prompts)]
+    prompt_ids = [encode_prompt(tokenizer, p, i) for i, p in enumerate(prompts)]
     by_length: dict[int, list[int]] = {}  # prompt length -> row indices, in order of first appearance
     for i, p in enumerate(prompt_ids):
         by_length.setdefault(len(p), []).append(i)
-    special_ids = dict(pad=tokenizer.pad_token_id, eos=tokenizer.eos_token_id,
-                       banned=[tokenizer.pad_token_id, tokenizer.unk_token_id])
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    banned = sorted({t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id) if t is not None and t != eos})
+    special_ids = dict(pad=pad, eos=eos, banned=banned)
     responses: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
@@ -98,7 +98,7 @@ def sample_responses(
                     responses[i] = r
     finally:
         model.train(was_training)
-    return [" ".join(tokenizer.convert_ids_to_tokens(r)) for r in responses]
+    return [decode_response(tokenizer, r) for r in responses]
 
 
 def sample_response_ids(
