@@ -56,10 +56,13 @@ def sequence_kl(
         raise ValueError(f"policy_logits {tuple(policy_logits.shape)} and ref_logits {tuple(ref_logits.shape)} must match")
     if tuple(labels.shape) != tuple(policy_logits.shape[:2]):
         raise ValueError(f"labels {tuple(labels.shape)} must be (B, T) = {tuple(policy_logits.shape[:2])}")
-    scored = (labels[:, 1:] != ignore_index).float()  # (B, T-1)
+    scored = labels[:, 1:] != ignore_index  # (B, T-1)
+    # at most 8 chunks of rows, so no full (B, T, V) fp32 copy is held at once
+    chunk_size = -(-policy_logits.shape[0] // 8)
     kls = []
-    for row_policy, row_ref in zip(policy_logits[:, :-1].float(), ref_logits[:, :-1].float()):  # (T-1, V)
-        policy_logp = row_policy.log_softmax(-1)
-        ref_logp = row_ref.log_softmax(-1)
-        kls.append((policy_logp.exp() * (policy_logp - ref_logp)).sum(-1))  # (T-1,)
-    return (torch.stack(kls) * scored).sum(-1)
+    for chunk_policy, chunk_ref in zip(policy_logits[:, :-1].split(chunk_size), ref_logits[:, :-1].split(chunk_size)):
+        policy_logp = chunk_policy.float().log_softmax(-1)  # (b, T-1, V)
+        ref_logp = chunk_ref.float().log_softmax(-1)
+        kls.append((policy_logp.exp() * (policy_logp - ref_logp)).sum(-1))  # (b, T-1)
+    per_token = torch.cat(kls)  # (B, T-1)
+    return torch.where(scored, per_token, torch.zeros_like(per_token)).sum(-1)
