@@ -82,6 +82,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
     """Train and evaluate every (loss, beta) run; return the ``results.json`` dictionary."""
     from .evaluation import evaluate_policy
     from .models import load_model_and_tokenizer
+    from .sampling import sample_responses
     from .training import train_preference, train_rrhf
 
     device = torch.device(args.device) if args.device else default_device()
@@ -111,7 +112,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
             policy.requires_grad_(True)
             common = dict(
                 steps=args.steps, lr=args.lr, seed=args.seed, device=device, tokenizer=tokenizer, progress=not args.no_progress,
-                eval_prompts=test_prompts, eval_every=max(1, args.steps // 6), eval_samples=args.eval_samples, eval_reward_fn=reward_fn,
+                eval_prompts=test_prompts, eval_every=max(1, args.steps // 5), eval_samples=args.eval_samples, eval_reward_fn=reward_fn,
             )
             if loss == "rrhf":
                 history = train_rrhf(policy, rankings, reference=reference, batch_size=max(1, args.batch_size // 4), **common)
@@ -123,7 +124,18 @@ def run_comparison(args: argparse.Namespace) -> dict:
                     length_normalize=length_normalize, eval_pairs=test_pairs, **common,
                 )
                 run_beta = beta
-            evaluation = evaluate_policy(policy, reference, tokenizer, pairs=test_pairs, prompts=test_prompts, n_samples=args.eval_samples, seed=args.seed, reward_fn=reward_fn)
+            if history.evals and history.evals[-1]["step"] == len(history):
+                evaluation = dict(history.evals[-1])  # the held-out evaluation after the last step
+            else:  # interrupted between evaluations
+                evaluation = evaluate_policy(policy, reference, tokenizer, pairs=test_pairs, prompts=test_prompts,
+                                             n_samples=args.eval_samples, seed=args.seed, reward_fn=reward_fn, with_samples=False)
+            evaluation.pop("step", None)
+            generator = torch.Generator().manual_seed(args.seed)
+            shown = test_prompts[:4]
+            evaluation["samples"] = [
+                {"prompt": p, "response": r}
+                for p, r in zip(shown, sample_responses(policy, tokenizer, shown, generator=generator))
+            ]
             runs.append({
                 "loss": loss,
                 "beta": run_beta,
