@@ -115,7 +115,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
                 eval_prompts=test_prompts, eval_every=max(1, args.steps // 5), eval_samples=args.eval_samples, eval_reward_fn=reward_fn,
             )
             if loss == "rrhf":
-                history = train_rrhf(policy, rankings, reference=reference, batch_size=max(1, args.batch_size // 4), **common)
+                history = train_rrhf(policy, rankings, reference=reference, eval_pairs=test_pairs, batch_size=max(1, args.batch_size // 4), **common)
                 length_normalize, run_beta = True, None
             else:
                 length_normalize = loss == "ipo"

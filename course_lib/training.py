@@ -267,6 +267,7 @@ def train_rrhf(
     device: str | torch.device | None = None,
     tokenizer=None,
     reference: torch.nn.Module | None = None,
+    eval_pairs: list[dict] | None = None,
     eval_prompts: list[str] | None = None,
     eval_every: int | None = None,
     eval_samples: int = 256,
@@ -277,7 +278,7 @@ def train_rrhf(
 
     Each step draws ``batch_size`` prompts, scores all their K candidates in one forward pass, and
     minimises ``rrhf_loss`` (mean over prompts). RRHF needs no reference model: ``reference`` is only
-    used for the held-out KL evaluation, if given.
+    used for the held-out evaluation (preference accuracy on ``eval_pairs``, KL on ``eval_prompts``).
 
     Args:
         rankings: dicts with "prompt", "responses" (K strings) and "rewards" (K floats).
@@ -323,12 +324,12 @@ def train_rrhf(
         return (rank + sft_weight * sft).mean(), record
 
     eval_fn = None
-    if eval_every and eval_prompts and reference is not None:
+    if eval_every and (eval_pairs or eval_prompts) and reference is not None:
         from .evaluation import evaluate_policy
 
         def eval_fn():
             return evaluate_policy(
-                policy, reference, tokenizer, prompts=eval_prompts, n_samples=eval_samples, seed=seed,
+                policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples, seed=seed,
                 reward_fn=eval_reward_fn, with_samples=False,
             )
 
