@@ -321,8 +321,12 @@ def load_d1_sweep(path: str | Path | None = None) -> dict:
     return sweep
 
 
-if __name__ == "__main__":
+def _main() -> None:
     import time
 
-    start = time.perf_counter()
-    print(f"wrote {build_d1_sweep()} in {time.perf_counter() - start:.0f} s")
+    began = time.perf_counter()
+    print(f"wrote {build_d1_sweep()} in {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    _main()
