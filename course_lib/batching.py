@@ -11,6 +11,8 @@ Convention used by every chapter module::
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 IGNORE_INDEX = -100
@@ -34,9 +36,17 @@ def is_word_level(tokenizer) -> bool:
     return backend is not None and type(backend.model).__name__ == "WordLevel"
 
 
+_WORDS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _words_only(tokenizer) -> dict[str, int]:
-    special = set(tokenizer.all_special_tokens)
-    return {w: i for w, i in tokenizer.get_vocab().items() if w not in special}
+    """word -> id for the non-special tokens, built once per tokenizer (and rebuilt if its size changes)."""
+    cached = _WORDS_CACHE.get(tokenizer)
+    if cached is None or cached[0] != len(tokenizer):
+        special = set(tokenizer.all_special_tokens)
+        cached = (len(tokenizer), {w: i for w, i in tokenizer.get_vocab().items() if w not in special})
+        _WORDS_CACHE[tokenizer] = cached
+    return cached[1]
 
 
 def encode_prompt(tokenizer, prompt: str, index: int = 0) -> list[int]:

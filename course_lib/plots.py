@@ -10,6 +10,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 
+def _legend(ax) -> None:
+    """A legend only when something is labelled (matplotlib warns on an empty one)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
 def run_label(run: dict) -> str:
     """e.g. "ipo (beta=0.5)" or "rrhf"."""
     return run["loss"] if run.get("beta") is None else f"{run['loss']} (beta={run['beta']:g})"
@@ -26,7 +32,7 @@ def plot_over_steps(runs: list[dict], key: str, *, ax=None, ylabel: str | None =
         ax.annotate(label, (0, value), textcoords="offset points", xytext=(4, 4), fontsize=8, color="gray")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel or key)
-    ax.legend(fontsize=8)
+    _legend(ax)
     return ax
 
 
@@ -40,7 +46,7 @@ def plot_eval_over_steps(runs: list[dict], key: str, *, ax=None, ylabel: str | N
             ax.errorbar([e["step"] for e in points], [e[key] for e in points], yerr=errors, marker="o", ms=3, capsize=2, label=run_label(run))
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel or key)
-    ax.legend(fontsize=8)
+    _legend(ax)
     return ax
 
 
@@ -53,7 +59,7 @@ def plot_reward_vs_kl(runs: list[dict], *, ax=None):
             ax.plot([e["kl"] for e in points], [e["reward"] for e in points], marker="o", ms=3, label=run_label(run))
     ax.set_xlabel("KL(policy || reference), nats")
     ax.set_ylabel("true reward of samples")
-    ax.legend(fontsize=8)
+    _legend(ax)
     return ax
 
 

@@ -63,15 +63,18 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def response_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs and response lengths for an encoded batch: ``(logps (N,), lengths (N,))``.
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` of shape (N, T) (see
-    :func:`course_lib.batching.encode_prompt_response`). Log-probs are fp32.
+    :func:`course_lib.batching.encode_prompt_response`). Log-probs are fp32. ``trim`` drops columns
+    that are padding in every row; ``trim=False`` keeps the width fixed, so that a sequence gets
+    bit-identical log-probs in any batch (the trainer relies on this: at step 1 the policy's h is
+    exactly 0).
     """
     device = _model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
-    width = int(batch["attention_mask"].sum(-1).max())  # drop columns that are padding in every row
+    width = int(batch["attention_mask"].sum(-1).max()) if trim else batch["input_ids"].shape[1]
     with _autocast(device):
         logits = model(input_ids=batch["input_ids"][:, :width], attention_mask=batch["attention_mask"][:, :width]).logits
     labels = batch["labels"][:, :width]
@@ -108,7 +111,10 @@ def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, eval_fn=No
     generator = torch.Generator().manual_seed(seed)
     policy.to(device)
     policy.eval()  # no dropout; gradients still flow
-    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    # fused Adam updates all parameters in one kernel (about 4x faster on CPU for the toy model)
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    optimizer = torch.optim.Adam(params, lr=lr, fused=fused)
     history = History()
     if eval_fn is not None and eval_every:
         history.evals.append({"step": 0, **eval_fn()})
@@ -207,15 +213,17 @@ def train_preference(
     rejected = encode_prompt_response(tokenizer, prompts, [p["rejected"] for p in pairs])
     width = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
     both = {k: torch.cat([_pad_to(chosen[k], width, k, tokenizer), _pad_to(rejected[k], width, k, tokenizer)]) for k in chosen}
-    with torch.no_grad():  # reference log-probs, once
-        ref = pair_logps(reference, tokenizer, pairs)
     n = len(pairs)
+    with torch.no_grad():  # reference log-probs, once, on the same fixed-width rows the policy sees
+        ref_logps = torch.cat([response_logps(reference, {k: v[rows] for k, v in both.items()}, trim=False)[0].cpu()
+                               for rows in torch.arange(2 * n).split(2 * batch_size)])
+    ref = {"chosen_logps": ref_logps[:n], "rejected_logps": ref_logps[n:]}
     extra = dict(loss_kwargs or {})
 
     def step_fn(generator):
         idx = _batch_indices(generator, n, batch_size)
         batch = {k: v[torch.cat([idx, idx + n])] for k, v in both.items()}
-        logps, lengths = response_logps(policy, batch)  # (2b,)
+        logps, lengths = response_logps(policy, batch, trim=False)  # (2b,)
         b = len(idx)
         summed = {"pc": logps[:b], "pr": logps[b:], "rc": ref["chosen_logps"][idx].to(logps.device), "rr": ref["rejected_logps"][idx].to(logps.device)}
         if length_normalize:

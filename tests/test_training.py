@@ -121,12 +121,6 @@ def test_step_one_policy_equals_reference(world):
     assert ipo["margin"] == pytest.approx(0.0, abs=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug (reported): training.py scores the reference with pair_logps (chunks of 256 pairs, their own "
-    "padding width) and the policy on the step's batch (another width), so at step 1 h is +-2e-6 instead of 0 and the "
-    "strict h > 0 counts 2 of 8 pairs as 'accurate'. metrics.preference_metrics promises 0 at step 0.",
-)
 def test_step_one_accuracy_is_zero(world):
     """TRL's rewards/accuracies is strict (chosen reward > rejected reward), so it reads 0 when policy == reference."""
     for seed in range(3):
