@@ -19,13 +19,7 @@ SMALL = ["--steps", "2", "--eval-samples", "16", "--batch-size", "8", "--max-tra
 EVAL_KEYS = {"preference_accuracy", "kl", "kl_stderr", "reward", "reward_stderr"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run much faster on one thread than with OpenMP spinning on 2 busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _main(argv: list[str]) -> tuple[int, str, str]:

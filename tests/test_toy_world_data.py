@@ -19,13 +19,7 @@ from course_lib.toy_task import PROMPTS, VOCAB, true_reward, true_rewards
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run much faster on one thread than with OpenMP spinning on 2 busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ TRL_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/ac
 EVAL_KEYS = ("preference_accuracy", "kl", "kl_stderr", "kl_k1", "kl_k3", "reward", "reward_stderr")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run much faster on one thread than with OpenMP spinning on 2 busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
