@@ -49,13 +49,18 @@ def _words_only(tokenizer) -> dict[str, int]:
     return cached[1]
 
 
-def encode_prompt(tokenizer, prompt: str, index: int = 0) -> list[int]:
-    """Token ids of one prompt.
+def encode_prompt(tokenizer, prompt, index: int = 0) -> list[int]:
+    """Token ids of one prompt: a string, or a conversation (a list of ``{"role", "content"}`` messages).
 
     Word-level tokenizer: one id per word (unknown words raise). Any other Hugging Face tokenizer: its
-    chat template with a generation prompt when it has one (a user turn holding ``prompt``), else
-    plain ``tokenizer(prompt)`` ids.
+    chat template with a generation prompt when it has one (a user turn holding ``prompt``, or the
+    conversation itself), else plain ``tokenizer(prompt)`` ids.
     """
+    if isinstance(prompt, list):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"prompt {index} is a conversation, but the tokenizer has no chat template")
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     if is_word_level(tokenizer):
         return _word_ids(_words_only(tokenizer), prompt, "prompt", index)
     if not prompt.strip():

@@ -70,12 +70,41 @@ def load_pairs(dataset: str | None, labelling: str) -> tuple[list[dict], list[di
 
         loaded = load_dataset(dataset)  # a hub name: needs a network connection
     for split in loaded.values():
-        missing = {"prompt", "chosen", "rejected"} - set(split.column_names)
+        missing = {"chosen", "rejected"} - set(split.column_names)
         if missing:
             raise ValueError(f"dataset {dataset!r} lacks the fields {sorted(missing)} of TRL's preference format")
-    train = [dict(r) for r in loaded["train"]]
-    test = [dict(r) for r in loaded["test"]] if "test" in loaded else train[-max(1, len(train) // 10):]
+    train = [standard_pair(dict(r)) for r in loaded["train"]]
+    test = [standard_pair(dict(r)) for r in loaded["test"]] if "test" in loaded else train[-max(1, len(train) // 10):]
     return train, test
+
+
+def standard_pair(row: dict) -> dict:
+    """Any of TRL's four preference forms -> ``{"prompt": str | messages, "chosen": str, "rejected": str}``.
+
+    Standard or conversational (lists of messages), with an explicit ``prompt`` or an implicit one (the
+    shared beginning of chosen and rejected, as TRL's ``extract_prompt`` finds it).
+    """
+    chosen, rejected = row["chosen"], row["rejected"]
+    prompt = row.get("prompt")
+    if prompt is None:  # implicit prompt: the longest shared beginning
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        if isinstance(chosen, str):  # cut at a word boundary, as TRL does for text
+            shared = chosen.rfind(" ", 0, shared + 1) if shared < len(chosen) and chosen[shared] != " " else shared
+            shared = max(shared, 0)
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    if isinstance(chosen, list):  # conversational: the assistant's reply is the response
+        chosen, rejected = (" ".join(m["content"] for m in side) for side in (chosen, rejected))
+    return {**row, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def unique_prompts(pairs: list[dict]) -> list:
+    """The distinct prompts of some pairs (strings or conversations), in a stable order."""
+    seen = {}
+    for pair in pairs:
+        seen.setdefault(json.dumps(pair["prompt"], sort_keys=True), pair["prompt"])
+    return [seen[key] for key in sorted(seen)]
 
 
 def run_comparison(args: argparse.Namespace) -> dict:
@@ -91,7 +120,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
     train_pairs, test_pairs = load_pairs(args.dataset, args.labelling)
     if args.max_train_pairs:
         train_pairs = train_pairs[: args.max_train_pairs]
-    test_prompts = sorted({p["prompt"] for p in test_pairs})
+    test_prompts = unique_prompts(test_pairs)
     toy = args.model is None and args.dataset is None
     reward_fn = None if toy else False
     rankings = None
@@ -108,7 +137,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
         for loss in args.losses:
             if loss == "rrhf" and (rankings is None or beta != args.beta[0]):
                 continue  # RRHF has no beta: run it once
-            policy = copy.deepcopy(reference)
+            policy = copy.deepcopy(reference).float()  # fp32 master weights; bf16 autocast computes on CUDA
             policy.requires_grad_(True)
             common = dict(
                 steps=args.steps, lr=args.lr, seed=args.seed, device=device, tokenizer=tokenizer, progress=not args.no_progress,
@@ -131,7 +160,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
                                              n_samples=args.eval_samples, seed=args.seed, reward_fn=reward_fn, with_samples=False)
             evaluation.pop("step", None)
             generator = torch.Generator().manual_seed(args.seed)
-            shown = test_prompts[:4]
+            shown = test_prompts[:4]  # (strings, or conversations for chat datasets)
             evaluation["samples"] = [
                 {"prompt": p, "response": r}
                 for p, r in zip(shown, sample_responses(policy, tokenizer, shown, generator=generator))

@@ -29,21 +29,32 @@ def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def preference_accuracy(policy, reference, tokenizer, pairs: list[dict], *, ref_logps: dict | None = None) -> float:
-    """Fraction of pairs with h > 0 (summed log-probs; strict, so ties count as wrong)."""
-    policy_logps = pair_logps(policy, tokenizer, pairs)
-    ref_logps = ref_logps if ref_logps is not None else pair_logps(reference, tokenizer, pairs)
+def preference_accuracy(policy, reference, tokenizer, pairs: list[dict], *, ref_logps: dict | None = None, batch_size: int = 128) -> float:
+    """Fraction of pairs with h > 0 (summed log-probs; strict, so ties count as wrong).
+
+    Forward passes see at most ``2 * batch_size`` sequences.
+    """
+    policy_logps = pair_logps(policy, tokenizer, pairs, batch_size=batch_size)
+    ref_logps = ref_logps if ref_logps is not None else pair_logps(reference, tokenizer, pairs, batch_size=batch_size)
     h = (policy_logps["chosen_logps"] - ref_logps["chosen_logps"]) - (policy_logps["rejected_logps"] - ref_logps["rejected_logps"])
     return (h > 0).float().mean().item()
 
 
 @torch.no_grad()
-def sample_kl(policy, reference, tokenizer, prompts: list[str], *, generator: torch.Generator, max_new_tokens: int = 12) -> dict:
+def sample_kl(policy, reference, tokenizer, prompts: list, *, generator: torch.Generator, max_new_tokens: int = 12, batch_size: int = 256) -> dict:
     """Sample one response per prompt from the policy; per-sample exact KL, k1, k3 and the samples.
 
+    Forward passes see at most ``batch_size`` sequences.
     Returns ``{"responses": [str]*N, "kl": (N,), "k1": (N,), "k3": (N,)}`` (tensors on CPU, fp32).
     """
-    responses = sample_responses(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, generator=generator)
+    responses = sample_responses(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, generator=generator, batch_size=batch_size)
+    parts = [_chunk_kl(policy, reference, tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size])
+             for i in range(0, len(prompts), batch_size)]
+    return {"responses": responses, **{k: torch.cat([part[k] for part in parts]) for k in ("kl", "k1", "k3")}}
+
+
+def _chunk_kl(policy, reference, tokenizer, prompts: list, responses: list[str]) -> dict:
+    """Exact KL, k1 and k3 of one chunk of (prompt, sampled response) pairs, on CPU."""
     batch = {k: v.to(_model_device(policy)) for k, v in encode_prompt_response(tokenizer, prompts, responses).items()}
     with _autocast(_model_device(policy)):
         policy_logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
@@ -55,7 +66,7 @@ def sample_kl(policy, reference, tokenizer, prompts: list[str], *, generator: to
     from .logprobs import sequence_logps
 
     estimates = kl_estimators(sequence_logps(policy_logits, batch["labels"]), sequence_logps(ref_logits, batch["labels"]))
-    return {"responses": responses, "kl": exact.cpu(), "k1": estimates["k1"].cpu(), "k3": estimates["k3"].cpu()}
+    return {"kl": exact.cpu(), "k1": estimates["k1"].cpu(), "k3": estimates["k3"].cpu()}
 
 
 @torch.no_grad()
@@ -71,6 +82,7 @@ def evaluate_policy(
     reward_fn=None,
     with_samples: bool = True,
     n_shown: int = 4,
+    batch_size: int = 128,
 ) -> dict:
     """Evaluate a policy against its reference on held-out data.
 
@@ -80,6 +92,7 @@ def evaluate_policy(
             KL and the reward. Sampling uses its own generator seeded with ``seed``.
         reward_fn: maps a list of responses to a (N,) tensor; defaults to the toy task's true reward.
             Pass ``False`` to skip it (real models have no true reward).
+        batch_size: no forward pass sees more than ``2 * batch_size`` sequences (memory on real models).
 
     Returns:
         dict with ``preference_accuracy``; ``kl``, ``kl_stderr``, ``kl_k1``, ``kl_k3`` (means over
@@ -88,11 +101,11 @@ def evaluate_policy(
     """
     result = {"preference_accuracy": None, "kl": None, "kl_stderr": None, "kl_k1": None, "kl_k3": None, "reward": None, "reward_stderr": None}
     if pairs:
-        result["preference_accuracy"] = preference_accuracy(policy, reference, tokenizer, pairs)
+        result["preference_accuracy"] = preference_accuracy(policy, reference, tokenizer, pairs, batch_size=batch_size)
     if prompts:
         chosen_prompts = [prompts[i % len(prompts)] for i in range(n_samples)]
         generator = torch.Generator().manual_seed(seed)
-        sampled = sample_kl(policy, reference, tokenizer, chosen_prompts, generator=generator)
+        sampled = sample_kl(policy, reference, tokenizer, chosen_prompts, generator=generator, batch_size=2 * batch_size)
         result["kl"], result["kl_stderr"] = _mean_stderr(sampled["kl"])
         result["kl_k1"] = sampled["k1"].double().mean().item()
         result["kl_k3"] = sampled["k3"].double().mean().item()

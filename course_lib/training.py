@@ -248,7 +248,7 @@ def train_preference(
         def eval_fn():
             return evaluate_policy(
                 policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples,
-                seed=seed, reward_fn=eval_reward_fn, with_samples=False,
+                seed=seed, reward_fn=eval_reward_fn, with_samples=False, batch_size=batch_size,
             )
 
     name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom loss")
@@ -338,7 +338,7 @@ def train_rrhf(
         def eval_fn():
             return evaluate_policy(
                 policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples, seed=seed,
-                reward_fn=eval_reward_fn, with_samples=False,
+                reward_fn=eval_reward_fn, with_samples=False, batch_size=batch_size * k // 2,
             )
 
     return _run(policy, steps=steps, lr=lr, seed=seed, device=device, progress=progress, desc="rrhf", step_fn=step_fn, eval_fn=eval_fn, eval_every=eval_every)

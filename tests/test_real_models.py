@@ -40,6 +40,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 N_TRAIN, N_TEST = 32, 8
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 # ----------------------------------------------------------------------------- fixtures: tiny models, data
@@ -246,7 +247,6 @@ def test_compare_runs_dpo_and_ipo_on_a_local_model_and_dataset(tiny, arch, tmp_p
     assert all(p.dtype == torch.float32 for p in log.references[0].parameters())
 
 
-@pytest.mark.xfail(strict=True, reason="PROPOSED (lead): pair_logps/evaluate_policy/sample_kl chunk by the training batch size")
 def test_forward_passes_never_exceed_the_training_batch(tiny, tmp_path, monkeypatch):
     """Memory scales with --batch-size: the reference precompute and the evaluation are chunked too.
 
@@ -284,7 +284,7 @@ def conversational_implicit_prompt(row):
     }
 
 
-@pytest.mark.xfail(strict=True, reason="PROPOSED (lead): compare.load_pairs and batching.encode_prompt accept TRL's implicit-prompt and conversational forms")
+
 @pytest.mark.parametrize("convert", [implicit_prompt, conversational, conversational_implicit_prompt], ids=lambda f: f.__name__)
 def test_trl_preference_formats_load_and_train(tiny, tmp_path, convert):
     """TRL's preference type comes in four forms: standard or conversational, explicit or implicit prompt.
