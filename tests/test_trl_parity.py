@@ -52,6 +52,7 @@ BETA = 0.5
 TRL_TO_COURSE = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge"}
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
 REL = 1e-4
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 def approx(value):
