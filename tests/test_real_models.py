@@ -290,6 +290,16 @@ def conversational_implicit_prompt(row):
         "rejected": [user, {"role": "assistant", "content": row["rejected"].strip()}],
     }
 
+@pytest.mark.xfail(strict=True, reason="PROPOSED (lead): compare.load_pairs holds the last tenth of train out of training")
+def test_without_a_test_split_the_evaluation_pairs_are_held_out(tmp_path):
+    """A dataset folder with train.jsonl only: the pairs ``compare`` evaluates on must not be trained on."""
+    dataset = write_dataset(tmp_path / "prefs")
+    (dataset / "test.jsonl").unlink()
+    train, test = compare.load_pairs(str(dataset), "deterministic")
+    assert test and len(train) + len(test) == N_TRAIN
+    assert not {json.dumps(p, sort_keys=True) for p in train} & {json.dumps(p, sort_keys=True) for p in test}
+
+
 def test_implicit_prompts_split_like_trl_except_mid_word():
     """``compare.standard_pair`` against TRL's ``extract_prompt`` on the toy pairs in implicit-prompt form.
 
