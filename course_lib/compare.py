@@ -74,8 +74,12 @@ def load_pairs(dataset: str | None, labelling: str) -> tuple[list[dict], list[di
         if missing:
             raise ValueError(f"dataset {dataset!r} lacks the fields {sorted(missing)} of TRL's preference format")
     train = [standard_pair(dict(r)) for r in loaded["train"]]
-    test = [standard_pair(dict(r)) for r in loaded["test"]] if "test" in loaded else train[-max(1, len(train) // 10):]
-    return train, test
+    if "test" in loaded:
+        return train, [standard_pair(dict(r)) for r in loaded["test"]]
+    n_test = max(1, len(train) // 10)  # no test split: hold the last tenth out of training
+    if len(train) < 2:
+        raise ValueError(f"dataset {dataset!r} has {len(train)} pair(s) and no test split: nothing to hold out")
+    return train[:-n_test], train[-n_test:]
 
 
 def standard_pair(row: dict) -> dict:

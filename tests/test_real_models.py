@@ -290,7 +290,6 @@ def conversational_implicit_prompt(row):
         "rejected": [user, {"role": "assistant", "content": row["rejected"].strip()}],
     }
 
-@pytest.mark.xfail(strict=True, reason="PROPOSED (lead): compare.load_pairs holds the last tenth of train out of training")
 def test_without_a_test_split_the_evaluation_pairs_are_held_out(tmp_path):
     """A dataset folder with train.jsonl only: the pairs ``compare`` evaluates on must not be trained on."""
     dataset = write_dataset(tmp_path / "prefs")
