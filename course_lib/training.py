@@ -27,6 +27,7 @@ from .losses import PAIRWISE_LOSSES, log_ratio_margin, rrhf_loss_terms
 from .metrics import preference_metrics
 
 PairwiseLoss = Callable[..., torch.Tensor]
+FIXED_WIDTH_UP_TO = 64  # tokens: pad every preference batch to the data set's longest pair up to this
 
 
 class History(list):
@@ -212,10 +213,14 @@ def train_preference(
     chosen = encode_prompt_response(tokenizer, prompts, [p["chosen"] for p in pairs])
     rejected = encode_prompt_response(tokenizer, prompts, [p["rejected"] for p in pairs])
     width = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
+    # Short data (the toy world): every forward pass has the same width, so at step 1 the policy's
+    # log-probs equal the precomputed reference's bit for bit. Long data (real models): trim each batch
+    # to its longest row, for memory; h at step 1 is then 0 only up to float round-off.
+    trim = width > FIXED_WIDTH_UP_TO
     both = {k: torch.cat([_pad_to(chosen[k], width, k, tokenizer), _pad_to(rejected[k], width, k, tokenizer)]) for k in chosen}
     n = len(pairs)
     with torch.no_grad():  # reference log-probs, once, on the same fixed-width rows the policy sees
-        ref_logps = torch.cat([response_logps(reference, {k: v[rows] for k, v in both.items()}, trim=False)[0].cpu()
+        ref_logps = torch.cat([response_logps(reference, {k: v[rows] for k, v in both.items()}, trim=trim)[0].cpu()
                                for rows in torch.arange(2 * n).split(2 * batch_size)])
     ref = {"chosen_logps": ref_logps[:n], "rejected_logps": ref_logps[n:]}
     extra = dict(loss_kwargs or {})
@@ -223,7 +228,7 @@ def train_preference(
     def step_fn(generator):
         idx = _batch_indices(generator, n, batch_size)
         batch = {k: v[torch.cat([idx, idx + n])] for k, v in both.items()}
-        logps, lengths = response_logps(policy, batch, trim=False)  # (2b,)
+        logps, lengths = response_logps(policy, batch, trim=trim)  # (2b,)
         b = len(idx)
         summed = {"pc": logps[:b], "pr": logps[b:], "rc": ref["chosen_logps"][idx].to(logps.device), "rr": ref["rejected_logps"][idx].to(logps.device)}
         if length_normalize:

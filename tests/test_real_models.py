@@ -16,7 +16,7 @@ What is checked:
 - Memory: no forward pass sees more rows than the training batch (2 x ``--batch-size`` sequences, chosen
   and rejected), evaluation and the reference precompute included.
 - Memory and time follow the batch, not the data set: no forward pass carries columns that are padding
-  in every row (strict xfail until ``train_preference`` stops padding to the data set's longest pair).
+  in every row (on data longer than ``training.FIXED_WIDTH_UP_TO`` tokens).
 - TRL's other preference formats (implicit prompt; conversational) load and train; implicit prompts split
   like TRL's ``extract_prompt`` except where the responses diverge inside a word.
 - On CUDA (skipped elsewhere): bf16 compute, fp32 master weights, and no reference weights on the GPU
@@ -324,15 +324,18 @@ def test_implicit_prompts_split_like_trl_except_mid_word():
     assert same > 100 and mid_word > 10  # both cases occur in the toy data
 
 
-@pytest.mark.xfail(strict=True, reason="PROPOSED (lead): train_preference pads every row to the dataset's longest pair (trim=False)")
 def test_forward_passes_carry_no_all_padding_columns(tiny, tmp_path, monkeypatch):
     """Memory and time scale with the longest pair *in the batch*, not in the data set.
 
     Real preference data are long-tailed (UltraFeedback has pairs of thousands of tokens). If every
     training step and the reference precompute are padded to the data set's longest pair, each step costs
     (and holds logits of) rows x longest-length x vocabulary. Here one training pair is far longer than the
-    others; the forward passes must not carry columns that are padding in every row.
+    others; the forward passes must not carry columns that are padding in every row. (The toy world,
+    whose pairs all fit in ``training.FIXED_WIDTH_UP_TO`` tokens, pads to one width on purpose: see there.)
     """
+    import course_lib.training as training
+
+    monkeypatch.setattr(training, "FIXED_WIDTH_UP_TO", 16)  # this tiny data set counts as "long"
     long_pair = {"prompt": "this film is", "chosen": " " + " ".join(["really great and quite moving"] * 8) + " .",
                  "rejected": " dull ."}
     dataset = write_dataset(tmp_path / "prefs", lambda row: row)
