@@ -67,7 +67,8 @@ def plot_comparison(results: dict, out: Path) -> list[str]:
     """Write margin_and_kl.png and reward_vs_kl.png for ``compare``; returns the file names."""
     runs = results["runs"]
     fig, (ax_margin, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.5))
-    plot_over_steps([r for r in runs if r["loss"] != "rrhf"], "margin", ax=ax_margin, ylabel="mean margin h (as the loss sees it)")
+    targets = {f"IPO target 1/(2 beta) = {1 / (2 * r['beta']):g}": 1 / (2 * r["beta"]) for r in runs if r["loss"] == "ipo"}
+    plot_over_steps([r for r in runs if r["loss"] != "rrhf"], "margin", ax=ax_margin, ylabel="mean margin h (as the loss sees it)", target_lines=targets)
     plot_eval_over_steps(runs, "kl", ax=ax_kl, ylabel="KL from reference (nats)")
     fig.tight_layout()
     fig.savefig(out / "margin_and_kl.png", dpi=100)
