@@ -8,13 +8,15 @@ optimiser, a progress bar, a per-step history, held-out evaluation, and safe fai
 - chosen and rejected responses go through the policy in ONE forward pass;
 - dropout is disabled (the model stays in eval mode), as TRL's DPOTrainer does by default, so that at
   step 0 the policy equals the reference;
-- on CUDA the forward pass runs under bf16 autocast;
+- on CUDA the forward pass runs under bf16 autocast, and the reference leaves the GPU once its
+  log-probs are computed (it comes back only for held-out evaluations);
 - a non-finite loss stops training with a message naming the step; Ctrl-C (KeyboardInterrupt)
   returns the history so far, with ``history.interrupted = True``, and leaves the model usable.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -56,6 +58,20 @@ def resolve_loss(loss: str | PairwiseLoss) -> PairwiseLoss:
 
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _borrowed(model: torch.nn.Module, device: torch.device):
+    """On CUDA, bring a released model to the GPU for an evaluation and send it back to the CPU after."""
+    if device.type != "cuda":
+        yield model
+        return
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to("cpu")
+        torch.cuda.empty_cache()
 
 
 def _autocast(device: torch.device):
@@ -223,6 +239,9 @@ def train_preference(
         ref_logps = torch.cat([response_logps(reference, {k: v[rows] for k, v in both.items()}, trim=trim)[0].cpu()
                                for rows in torch.arange(2 * n).split(2 * batch_size)])
     ref = {"chosen_logps": ref_logps[:n], "rejected_logps": ref_logps[n:]}
+    if device.type == "cuda":  # release the reference: training needs only its log-probs
+        reference.to("cpu")
+        torch.cuda.empty_cache()
     extra = dict(loss_kwargs or {})
 
     def step_fn(generator):
@@ -251,10 +270,11 @@ def train_preference(
         from .evaluation import evaluate_policy
 
         def eval_fn():
-            return evaluate_policy(
-                policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples,
-                seed=seed, reward_fn=eval_reward_fn, with_samples=False, batch_size=batch_size,
-            )
+            with _borrowed(reference, device):
+                return evaluate_policy(
+                    policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples,
+                    seed=seed, reward_fn=eval_reward_fn, with_samples=False, batch_size=batch_size,
+                )
 
     name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom loss")
     return _run(policy, steps=steps, lr=lr, seed=seed, device=device, progress=progress, desc=f"{name} (beta={beta})", step_fn=step_fn, eval_fn=eval_fn, eval_every=eval_every)
@@ -341,10 +361,11 @@ def train_rrhf(
         from .evaluation import evaluate_policy
 
         def eval_fn():
-            return evaluate_policy(
-                policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples, seed=seed,
-                reward_fn=eval_reward_fn, with_samples=False, batch_size=batch_size * k // 2,
-            )
+            with _borrowed(reference, device):
+                return evaluate_policy(
+                    policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples, seed=seed,
+                    reward_fn=eval_reward_fn, with_samples=False, batch_size=batch_size * k // 2,
+                )
 
     return _run(policy, steps=steps, lr=lr, seed=seed, device=device, progress=progress, desc="rrhf", step_fn=step_fn, eval_fn=eval_fn, eval_every=eval_every)
 

@@ -387,7 +387,6 @@ def test_pure_bf16_adam_drops_small_updates():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by scripts/gpu_check.sh)")
-@pytest.mark.xfail(strict=True, reason="PROPOSED (lead): move the reference off the GPU once its log-probs are precomputed")
 def test_cuda_run_uses_bf16_compute_fp32_master_weights_and_releases_the_reference(tiny, tmp_path, monkeypatch):
     import course_lib.training as training
 
