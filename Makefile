@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
-## test: unit tests, then strict nbval over every notebook in notebooks/ (and the browser test)
+## test: unit tests, then strict nbval over every notebook in notebooks/ (and the browser test).
+## The stored outputs come from the CPU, so the tests run there unless COURSE_DEVICE says otherwise.
 test: setup
-	$(BIN)/python -m pytest tests notebooks $(NBVAL) -q
+	COURSE_DEVICE=$${COURSE_DEVICE:-cpu} $(BIN)/python -m pytest tests notebooks $(NBVAL) -q
 
 unit: setup
 	$(BIN)/python -m pytest tests -q
