@@ -18,6 +18,7 @@ import torch
 
 from .batching import encode_prompt_response
 from .kl import kl_estimators, sequence_kl
+from .logprobs import sequence_logps
 from .sampling import sample_responses
 from .training import _autocast, _model_device, pair_logps
 
@@ -63,8 +64,6 @@ def _chunk_kl(policy, reference, tokenizer, prompts: list, responses: list[str])
         ref_logits = reference(input_ids=batch["input_ids"].to(reference_device), attention_mask=batch["attention_mask"].to(reference_device)).logits.float()
     ref_logits = ref_logits.to(policy_logits.device)
     exact = sequence_kl(policy_logits, ref_logits, batch["labels"])
-    from .logprobs import sequence_logps
-
     estimates = kl_estimators(sequence_logps(policy_logits, batch["labels"]), sequence_logps(ref_logits, batch["labels"]))
     return {"kl": exact.cpu(), "k1": estimates["k1"].cpu(), "k3": estimates["k3"].cpu()}
 

@@ -56,6 +56,15 @@ def resolve_loss(loss: str | PairwiseLoss) -> PairwiseLoss:
     return PAIRWISE_LOSSES[loss]
 
 
+def _resolve_tokenizer_and_device(tokenizer, device):
+    """The toy tokenizer when none is given; ``default_device()`` when no device is given."""
+    if tokenizer is None:
+        from .models import load_model_and_tokenizer
+
+        tokenizer = load_model_and_tokenizer()[1]
+    return tokenizer, torch.device(device) if device is not None else default_device()
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -218,11 +227,7 @@ def train_preference(
         length_normalize = loss == "ipo"
     if not pairs:
         raise ValueError("pairs is empty")
-    if tokenizer is None:
-        from .models import load_model_and_tokenizer
-
-        tokenizer = load_model_and_tokenizer()[1]
-    device = torch.device(device) if device is not None else default_device()
+    tokenizer, device = _resolve_tokenizer_and_device(tokenizer, device)
     reference.to(device).eval()
 
     prompts = [p["prompt"] for p in pairs]
@@ -326,11 +331,7 @@ def train_rrhf(
     k = len(rankings[0]["responses"])
     if any(len(r["responses"]) != k or len(r["rewards"]) != k for r in rankings):
         raise ValueError("every ranking must have the same number K of responses and rewards")
-    if tokenizer is None:
-        from .models import load_model_and_tokenizer
-
-        tokenizer = load_model_and_tokenizer()[1]
-    device = torch.device(device) if device is not None else default_device()
+    tokenizer, device = _resolve_tokenizer_and_device(tokenizer, device)
     encoded = encode_prompt_response(tokenizer, [r["prompt"] for r in rankings for _ in range(k)], [y for r in rankings for y in r["responses"]])
     rewards = torch.tensor([r["rewards"] for r in rankings], dtype=torch.float32)  # (N, K)
     n = len(rankings)
@@ -392,11 +393,7 @@ def train_sft(
     """
     if not examples:
         raise ValueError("examples is empty")
-    if tokenizer is None:
-        from .models import load_model_and_tokenizer
-
-        tokenizer = load_model_and_tokenizer()[1]
-    device = torch.device(device) if device is not None else default_device()
+    tokenizer, device = _resolve_tokenizer_and_device(tokenizer, device)
     encoded = encode_prompt_response(tokenizer, [e["prompt"] for e in examples], [e["response"] for e in examples])
 
     def step_fn(generator):
