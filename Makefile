@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NBVAL  := --nbval --nbval-current-env --nbval-cell-timeout=600
 
-.PHONY: setup lab test unit notebooks student execute-notebooks data benchmarks clean
+.PHONY: setup lab lint test unit notebooks student execute-notebooks data benchmarks clean
 
 ## setup: create or update .venv and install the course (idempotent)
 setup: $(STAMP)
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 ## lab: open the chapter in JupyterLab
 lab: setup
 	$(BIN)/jupyter lab notebooks/
+
+## lint: ruff's checks and its formatter, over the library, tests, benchmarks and scripts (config in pyproject.toml)
+LINTED := course_lib tests benchmarks scripts
+lint: setup
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 ## test: unit tests, then strict nbval over every notebook in notebooks/ (and the browser test).
 ## The stored outputs come from the CPU, so the tests run there unless COURSE_DEVICE says otherwise.

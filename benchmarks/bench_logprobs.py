@@ -9,7 +9,8 @@ current RSS; where that is not allowed it falls back to ``ru_maxrss``), calls th
 reports ``peak RSS - RSS before the call`` as a multiple of the logits' size. Twice: with
 ``MALLOC_MMAP_THRESHOLD_=131072`` (every large tensor its own mapping, returned when freed: the live
 tensors' peak, what the target is about) and with glibc's default malloc (what a learner's process
-shows: freed blocks below glibc's dynamic mmap threshold, up to 32 MiB, can stay in the heap). Modes: ``no_grad`` (forward
+shows: freed blocks below glibc's dynamic mmap threshold, up to 32 MiB, can stay in the heap). Modes:
+``no_grad`` (forward
 under ``torch.no_grad()``), ``autograd`` (forward with ``logits.requires_grad``, graph kept alive: what
 the forward holds for backward), ``backward`` (forward + backward; the gradient itself is 1x).
 Memory (CUDA, when available): ``torch.cuda.max_memory_allocated`` minus the allocation before the call.
@@ -33,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from course_lib.logprobs import IGNORE_INDEX, sequence_logps  # noqa: E402
+from course_lib.maths.logprobs import IGNORE_INDEX, sequence_logps  # noqa: E402
 
 METHODS = ("library", "naive")
 MODES = ("no_grad", "autograd", "backward")
@@ -117,7 +118,16 @@ def child(method, mode, batch, seq_len, vocab, dtype_name):
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     held_kb = _status_kb("VmRSS") - before_kb  # still held once the call returned (autograd graph, grad)
     del kept
-    print(json.dumps({"extra_bytes": (peak_kb - before_kb) * 1024, "held_bytes": held_kb * 1024, "logits_bytes": logits_bytes, "how": how}))
+    print(
+        json.dumps(
+            {
+                "extra_bytes": (peak_kb - before_kb) * 1024,
+                "held_bytes": held_kb * 1024,
+                "logits_bytes": logits_bytes,
+                "how": how,
+            }
+        )
+    )
 
 
 def measure_cpu_memory(args, dtype_name):
@@ -134,8 +144,21 @@ def measure_cpu_memory(args, dtype_name):
         env = {key: value for key, value in env.items() if value is not None}  # None: unset
         for method in METHODS:
             for mode in MODES:
-                command = [sys.executable, __file__, "--child", method, mode, "--batch", str(args.batch), "--seq-len",
-                           str(args.seq_len), "--vocab", str(args.vocab), "--dtypes", dtype_name]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    method,
+                    mode,
+                    "--batch",
+                    str(args.batch),
+                    "--seq-len",
+                    str(args.seq_len),
+                    "--vocab",
+                    str(args.vocab),
+                    "--dtypes",
+                    dtype_name,
+                ]
                 done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
                 results[allocator, method, mode] = json.loads(done.stdout.strip().splitlines()[-1])
     return results
@@ -151,7 +174,9 @@ def measure_cuda_memory(args, dtype_name):
         for mode in MODES:
             logits, labels = make_inputs(args.batch, args.seq_len, args.vocab, dtype, device="cuda")
             logits.requires_grad_(mode != "no_grad")
-            run_once(method, mode, logits[:2, :40].detach().requires_grad_(mode != "no_grad"), labels[:2, :40])  # warm-up
+            run_once(
+                method, mode, logits[:2, :40].detach().requires_grad_(mode != "no_grad"), labels[:2, :40]
+            )  # warm-up
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -204,13 +229,19 @@ def report(args, device):
         logits_bytes = first["logits_bytes"]
         print(f"\n-- {dtype_name}: logits {logits_bytes / 1e6:.0f} MB; memory from {first['how']}")
         for allocator in allocators:
-            title = {"tensors": "live tensors" if device == "cuda" else "live tensors (MALLOC_MMAP_THRESHOLD_=131072)",
-                     "glibc default": "RSS with glibc's default malloc"}[allocator]
-            print(f"{'peak extra memory, x logits':<30}{'library':>9}{'naive':>9}   held after the call (library / naive)   [{title}]")
+            title = {
+                "tensors": "live tensors" if device == "cuda" else "live tensors (MALLOC_MMAP_THRESHOLD_=131072)",
+                "glibc default": "RSS with glibc's default malloc",
+            }[allocator]
+            print(
+                f"{'peak extra memory, x logits':<30}{'library':>9}{'naive':>9}"
+                f"   held after the call (library / naive)   [{title}]"
+            )
             for mode in MODES:
                 lib, naive = memory[allocator, "library", mode], memory[allocator, "naive", mode]
                 print(
-                    f"  {mode:<28}{lib['extra_bytes'] / logits_bytes:>8.2f}x{naive['extra_bytes'] / logits_bytes:>8.2f}x"
+                    f"  {mode:<28}{lib['extra_bytes'] / logits_bytes:>8.2f}x"
+                    f"{naive['extra_bytes'] / logits_bytes:>8.2f}x"
                     f"   {lib['held_bytes'] / logits_bytes:.2f}x / {naive['held_bytes'] / logits_bytes:.2f}x"
                 )
         for mode in ("no_grad", "autograd"):

@@ -1,4 +1,4 @@
-"""Time per step of ``course_lib.training.train_preference``: against a bare forward+backward, and against TRL.
+"""Time per step of ``course_lib.loop.training.train_preference``: against a bare forward+backward, and against TRL.
 
     python benchmarks/bench_training.py                       # batch 32, 30 timed steps, 1 thread
     python benchmarks/bench_training.py --steps 60 --rounds 3 --no-trl
@@ -48,11 +48,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from course_lib.batching import encode_prompt_response  # noqa: E402
-from course_lib.data import load_preferences  # noqa: E402
-from course_lib.losses import dpo_loss  # noqa: E402
-from course_lib.models import load_model_and_tokenizer  # noqa: E402
-from course_lib.training import _batch_indices, _pad_to, train_preference  # noqa: E402
+from course_lib.loop.training import _batch_indices, _pad_to, train_preference  # noqa: E402
+from course_lib.maths.losses import dpo_loss  # noqa: E402
+from course_lib.toyworld.batching import encode_prompt_response  # noqa: E402
+from course_lib.toyworld.data import load_preferences  # noqa: E402
+from course_lib.toyworld.models import load_model_and_tokenizer  # noqa: E402
 
 TARGET_OVERHEAD = 1.2
 
@@ -92,8 +92,18 @@ def time_ours(reference, tokenizer, pairs, args) -> list[tuple[float, float]]:
         return dpo_loss(pc, pr, rc, rr, beta=beta)
 
     history = train_preference(
-        trainable_copy(reference), reference, pairs, loss=timed_dpo, beta=args.beta, steps=args.warmup + args.steps + 1,
-        batch_size=args.batch_size, lr=args.lr, seed=0, device="cpu", tokenizer=tokenizer, progress=False,
+        trainable_copy(reference),
+        reference,
+        pairs,
+        loss=timed_dpo,
+        beta=args.beta,
+        steps=args.warmup + args.steps + 1,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=0,
+        device="cpu",
+        tokenizer=tokenizer,
+        progress=False,
     )
     assert len(history) == args.warmup + args.steps + 1
     return step_intervals(stamps, args.warmup)
@@ -107,7 +117,10 @@ def training_batches(tokenizer, pairs, args) -> list[dict]:
     chosen = encode_prompt_response(tokenizer, prompts, [p["chosen"] for p in pairs])
     rejected = encode_prompt_response(tokenizer, prompts, [p["rejected"] for p in pairs])
     width = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
-    both = {k: torch.cat([_pad_to(chosen[k], width, k, tokenizer), _pad_to(rejected[k], width, k, tokenizer)]) for k in chosen}
+    both = {
+        k: torch.cat([_pad_to(chosen[k], width, k, tokenizer), _pad_to(rejected[k], width, k, tokenizer)])
+        for k in chosen
+    }
     generator = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(args.warmup + args.steps):
@@ -160,9 +173,18 @@ def trl_trainer(policy, reference, tokenizer, pairs, args, *, steps, lr, precomp
         dataloader_num_workers=0,
         seed=0,
     )
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
+    dataset = Dataset.from_list(
+        [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+    )
     with contextlib.redirect_stderr(io.StringIO()):  # TRL's progress bars (e.g. precomputing the reference's log-probs)
-        return DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
+        return DPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=list(callbacks),
+        )
 
 
 def quiet_train(trainer) -> None:
@@ -182,7 +204,9 @@ def check_trl_tokenization(trainer, tokenizer, pairs) -> int:
             ids, labels = ours["input_ids"][j][mask].tolist(), ours["labels"][j][mask]
             prompt_len = int((labels == -100).sum())
             if rows[i]["prompt_ids"] != ids[:prompt_len] or rows[i][key] != ids[prompt_len:]:
-                raise AssertionError(f"pair {i}: TRL tokenizes differently: {rows[i]['prompt_ids']} + {rows[i][key]} vs {ids}")
+                raise AssertionError(
+                    f"pair {i}: TRL tokenizes differently: {rows[i]['prompt_ids']} + {rows[i][key]} vs {ids}"
+                )
     return len(pairs)
 
 
@@ -190,10 +214,22 @@ def first_batch_losses(reference, tokenizer, pairs, args) -> tuple[float, float,
     """(ours, TRL's) loss on one batch of ``batch_size`` pairs with a perturbed policy and lr 0."""
     batch_pairs = pairs[: args.batch_size]
     ours = train_preference(
-        perturbed_copy(reference), reference, batch_pairs, loss="dpo", beta=args.beta, steps=1, batch_size=args.batch_size,
-        lr=0.0, seed=0, device="cpu", tokenizer=tokenizer, progress=False,
+        perturbed_copy(reference),
+        reference,
+        batch_pairs,
+        loss="dpo",
+        beta=args.beta,
+        steps=1,
+        batch_size=args.batch_size,
+        lr=0.0,
+        seed=0,
+        device="cpu",
+        tokenizer=tokenizer,
+        progress=False,
     )[0]["loss"]
-    trainer = trl_trainer(perturbed_copy(reference), copy.deepcopy(reference), tokenizer, batch_pairs, args, steps=1, lr=0.0)
+    trainer = trl_trainer(
+        perturbed_copy(reference), copy.deepcopy(reference), tokenizer, batch_pairs, args, steps=1, lr=0.0
+    )
     checked = check_trl_tokenization(trainer, tokenizer, batch_pairs)
     quiet_train(trainer)
     trl = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
@@ -209,8 +245,17 @@ def time_trl(reference, tokenizer, pairs, args, *, precompute: bool) -> list[tup
         def on_step_end(self, *_, **__):
             stamps.append(now())
 
-    trainer = trl_trainer(trainable_copy(reference), copy.deepcopy(reference), tokenizer, pairs, args,
-                          steps=args.warmup + args.steps + 1, lr=args.lr, precompute=precompute, callbacks=[Stamp()])
+    trainer = trl_trainer(
+        trainable_copy(reference),
+        copy.deepcopy(reference),
+        tokenizer,
+        pairs,
+        args,
+        steps=args.warmup + args.steps + 1,
+        lr=args.lr,
+        precompute=precompute,
+        callbacks=[Stamp()],
+    )
     quiet_train(trainer)
     return step_intervals(stamps, args.warmup)
 
@@ -224,7 +269,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for every contestant (tiny models: 1 is fastest)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for every contestant (tiny models: 1 is fastest)"
+    )
     parser.add_argument("--no-trl", action="store_true")
     args = parser.parse_args(argv)
 
@@ -243,15 +290,21 @@ def main(argv=None) -> None:
 
     reference, tokenizer = load_model_and_tokenizer()
     pairs = load_preferences("train")
-    print(f"toy world: {sum(p.numel() for p in reference.parameters())} parameters, {len(pairs)} pairs, "
-          f"batch {args.batch_size} pairs ({2 * args.batch_size} sequences), torch {torch.__version__}, {args.threads} thread(s)")
+    print(
+        f"toy world: {sum(p.numel() for p in reference.parameters())} parameters, {len(pairs)} pairs, "
+        f"batch {args.batch_size} pairs ({2 * args.batch_size} sequences), torch {torch.__version__}, "
+        f"{args.threads} thread(s)"
+    )
 
     if not args.no_trl:
         import trl
 
         ours_loss, trl_loss, checked = first_batch_losses(reference, tokenizer, pairs, args)
         print(f"\nTRL {trl.__version__}: tokenization identical to ours on {checked} pairs")
-        print(f"first-batch DPO loss (perturbed policy, lr 0): ours {ours_loss:.6f}   TRL {trl_loss:.6f}   |diff| {abs(ours_loss - trl_loss):.1e}")
+        print(
+            f"first-batch DPO loss (perturbed policy, lr 0): ours {ours_loss:.6f}   TRL {trl_loss:.6f}   "
+            f"|diff| {abs(ours_loss - trl_loss):.1e}"
+        )
         if abs(ours_loss - trl_loss) > 1e-4 * max(1.0, abs(trl_loss)):
             raise SystemExit("the first-batch losses differ: the comparison would not be like for like")
 
@@ -266,25 +319,35 @@ def main(argv=None) -> None:
             times["trl_precomputed"] += time_trl(reference, tokenizer, pairs, args, precompute=True)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
-    print(f"\ntime per step over {args.rounds} x {args.steps} steps, ms: median CPU time of this process (median wall-clock)")
+    print(
+        f"\ntime per step over {args.rounds} x {args.steps} steps, ms: "
+        "median CPU time of this process (median wall-clock)"
+    )
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items() if v}
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items() if v}
     labels = {
-        "ours": "train_preference (DPO)", "bare": "bare forward + backward", "bare_adam": "bare forward + backward + Adam",
-        "trl": "TRL DPOTrainer", "trl_precomputed": "TRL, precompute_ref_log_probs",
+        "ours": "train_preference (DPO)",
+        "bare": "bare forward + backward",
+        "bare_adam": "bare forward + backward + Adam",
+        "trl": "TRL DPOTrainer",
+        "trl_precomputed": "TRL, precompute_ref_log_probs",
     }
     for key, label in labels.items():
         if key in cpu:
             print(f"  {label:<32}{1e3 * cpu[key]:8.2f}  ({1e3 * wall[key]:.2f})")
     ratio = cpu["ours"] / cpu["bare"]
-    print(f"(1) step overhead: ours / bare forward+backward = {ratio:.2f} CPU ({wall['ours'] / wall['bare']:.2f} wall); "
-          f"target <= {TARGET_OVERHEAD}: {'met' if ratio <= TARGET_OVERHEAD else 'NOT met'}. "
-          f"ours / (bare + Adam) = {cpu['ours'] / cpu['bare_adam']:.2f} CPU")
+    print(
+        f"(1) step overhead: ours / bare forward+backward = {ratio:.2f} CPU ({wall['ours'] / wall['bare']:.2f} wall); "
+        f"target <= {TARGET_OVERHEAD}: {'met' if ratio <= TARGET_OVERHEAD else 'NOT met'}. "
+        f"ours / (bare + Adam) = {cpu['ours'] / cpu['bare_adam']:.2f} CPU"
+    )
     if not args.no_trl:
         vs_trl = cpu["ours"] / cpu["trl"]
-        print(f"(2) TRL: ours / TRL = {vs_trl:.2f} CPU ({wall['ours'] / wall['trl']:.2f} wall); target < 1: "
-              f"{'met' if vs_trl < 1 else 'NOT met'}. ours / TRL with precomputed reference = "
-              f"{cpu['ours'] / cpu['trl_precomputed']:.2f} CPU ({wall['ours'] / wall['trl_precomputed']:.2f} wall)")
+        print(
+            f"(2) TRL: ours / TRL = {vs_trl:.2f} CPU ({wall['ours'] / wall['trl']:.2f} wall); target < 1: "
+            f"{'met' if vs_trl < 1 else 'NOT met'}. ours / TRL with precomputed reference = "
+            f"{cpu['ours'] / cpu['trl_precomputed']:.2f} CPU ({wall['ours'] / wall['trl_precomputed']:.2f} wall)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """course_lib: reference implementations for Chapter 18, RRHF and IPO.
 
-The maths lives in ``logprobs``, ``losses``, ``metrics`` and ``kl``; everything else calls them.
+Four layers, each importing only from the layers before it (``tests/test_layering.py`` checks it):
+``maths`` (log-probs, losses, metrics, KL, the bandit's closed forms), ``toyworld`` (the toy task, its
+data and models, the bandit world), ``loop`` (device, scoring, training, evaluation) and ``teaching``
+(plots, widgets, exercise checkers); the CLIs ``compare`` and ``build_data`` sit on top.
 """
 
-from .device import default_device
-from .kl import kl_estimators, sequence_kl
-from .logprobs import IGNORE_INDEX, sequence_logps, token_logps
-from .losses import (
+from .loop.device import default_device
+from .maths.kl import kl_estimators, sequence_kl
+from .maths.logprobs import IGNORE_INDEX, sequence_logps, token_logps
+from .maths.losses import (
     PAIRWISE_LOSSES,
     dpo_loss,
     hinge_loss,
@@ -16,7 +19,7 @@ from .losses import (
     rrhf_loss_terms,
     rrhf_scores,
 )
-from .metrics import implicit_rewards, preference_metrics
+from .maths.metrics import implicit_rewards, preference_metrics
 
 __all__ = [
     "IGNORE_INDEX",

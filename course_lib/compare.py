@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .device import default_device
+from .loop.device import default_device
 
 DEFAULT_LOSSES = ("dpo", "ipo", "rrhf")
 DEFAULT_BETA = 0.5
@@ -30,15 +30,26 @@ PAIRWISE = ("dpo", "ipo", "hinge")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m course_lib.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=[*PAIRWISE, "rrhf"])
-    parser.add_argument("--beta", nargs="+", type=float, default=[DEFAULT_BETA], help="one or several betas (IPO's tau)")
+    parser.add_argument(
+        "--beta", nargs="+", type=float, default=[DEFAULT_BETA], help="one or several betas (IPO's tau)"
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: course_lib.default_device())")
-    parser.add_argument("--model", default=None, help="a local folder or hub name of a causal LM (default: data/reference_model)")
-    parser.add_argument("--dataset", default=None, help="a folder with train.jsonl/test.jsonl in TRL's preference format, or a hub name")
-    parser.add_argument("--labelling", default="deterministic", choices=["deterministic", "bradley_terry"], help="which labelling of the toy pairs")
+    parser.add_argument(
+        "--model", default=None, help="a local folder or hub name of a causal LM (default: data/reference_model)"
+    )
+    parser.add_argument(
+        "--dataset", default=None, help="a folder with train.jsonl/test.jsonl in TRL's preference format, or a hub name"
+    )
+    parser.add_argument(
+        "--labelling",
+        default="deterministic",
+        choices=["deterministic", "bradley_terry"],
+        help="which labelling of the toy pairs",
+    )
     parser.add_argument("--eval-samples", type=int, default=256, help="policy samples for the KL and reward")
     parser.add_argument("--max-train-pairs", type=int, default=None)
     parser.add_argument("--out", default=None, help="folder for results.json and the plots")
@@ -53,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_pairs(dataset: str | None, labelling: str) -> tuple[list[dict], list[dict]]:
     """(train, test) preference pairs: the toy data by default, else a folder or hub dataset."""
-    from .data import load_preferences
+    from .toyworld.data import load_preferences
 
     if dataset is None:
         return load_preferences("train", labelling=labelling), load_preferences("test", labelling=labelling)
@@ -113,10 +124,10 @@ def unique_prompts(pairs: list[dict]) -> list:
 
 def run_comparison(args: argparse.Namespace) -> dict:
     """Train and evaluate every (loss, beta) run; return the ``results.json`` dictionary."""
-    from .evaluation import evaluate_policy
-    from .models import load_model_and_tokenizer
-    from .sampling import sample_responses
-    from .training import train_preference, train_rrhf
+    from .loop.evaluation import evaluate_policy
+    from .loop.training import train_preference, train_rrhf
+    from .toyworld.models import load_model_and_tokenizer
+    from .toyworld.sampling import sample_responses
 
     device = torch.device(args.device) if args.device else default_device()
     dtype = torch.bfloat16 if device.type == "cuda" and args.model is not None else None
@@ -130,7 +141,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
     rankings = None
     if "rrhf" in args.losses:
         if args.dataset is None:
-            from .data import load_rankings
+            from .toyworld.data import load_rankings
 
             rankings = load_rankings("train")
         else:
@@ -144,24 +155,55 @@ def run_comparison(args: argparse.Namespace) -> dict:
             policy = copy.deepcopy(reference).float()  # fp32 master weights; bf16 autocast computes on CUDA
             policy.requires_grad_(True)
             common = dict(
-                steps=args.steps, lr=args.lr, seed=args.seed, device=device, tokenizer=tokenizer, progress=not args.no_progress,
-                eval_prompts=test_prompts, eval_every=max(1, args.steps // 5), eval_samples=args.eval_samples, eval_reward_fn=reward_fn,
+                steps=args.steps,
+                lr=args.lr,
+                seed=args.seed,
+                device=device,
+                tokenizer=tokenizer,
+                progress=not args.no_progress,
+                eval_prompts=test_prompts,
+                eval_every=max(1, args.steps // 5),
+                eval_samples=args.eval_samples,
+                eval_reward_fn=reward_fn,
             )
             if loss == "rrhf":
-                history = train_rrhf(policy, rankings, reference=reference, eval_pairs=test_pairs, batch_size=max(1, args.batch_size // 4), **common)
+                history = train_rrhf(
+                    policy,
+                    rankings,
+                    reference=reference,
+                    eval_pairs=test_pairs,
+                    batch_size=max(1, args.batch_size // 4),
+                    **common,
+                )
                 length_normalize, run_beta = True, None
             else:
                 length_normalize = loss == "ipo"
                 history = train_preference(
-                    policy, reference, train_pairs, loss=loss, beta=beta, batch_size=args.batch_size,
-                    length_normalize=length_normalize, eval_pairs=test_pairs, **common,
+                    policy,
+                    reference,
+                    train_pairs,
+                    loss=loss,
+                    beta=beta,
+                    batch_size=args.batch_size,
+                    length_normalize=length_normalize,
+                    eval_pairs=test_pairs,
+                    **common,
                 )
                 run_beta = beta
             if history.evals and history.evals[-1]["step"] == len(history):
                 evaluation = dict(history.evals[-1])  # the held-out evaluation after the last step
             else:  # interrupted between evaluations
-                evaluation = evaluate_policy(policy, reference, tokenizer, pairs=test_pairs, prompts=test_prompts,
-                                             n_samples=args.eval_samples, seed=args.seed, reward_fn=reward_fn, with_samples=False)
+                evaluation = evaluate_policy(
+                    policy,
+                    reference,
+                    tokenizer,
+                    pairs=test_pairs,
+                    prompts=test_prompts,
+                    n_samples=args.eval_samples,
+                    seed=args.seed,
+                    reward_fn=reward_fn,
+                    with_samples=False,
+                )
             evaluation.pop("step", None)
             generator = torch.Generator().manual_seed(args.seed)
             shown = test_prompts[:4]  # (strings, or conversations for chat datasets)
@@ -169,19 +211,25 @@ def run_comparison(args: argparse.Namespace) -> dict:
                 {"prompt": p, "response": r}
                 for p, r in zip(shown, sample_responses(policy, tokenizer, shown, generator=generator))
             ]
-            runs.append({
-                "loss": loss,
-                "beta": run_beta,
-                "length_normalize": length_normalize,
-                "steps": args.steps,
-                "seed": args.seed,
-                "interrupted": history.interrupted,
-                "history": list(history),
-                "evals": history.evals,
-                "eval": evaluation,
-            })
+            runs.append(
+                {
+                    "loss": loss,
+                    "beta": run_beta,
+                    "length_normalize": length_normalize,
+                    "steps": args.steps,
+                    "seed": args.seed,
+                    "interrupted": history.interrupted,
+                    "history": list(history),
+                    "evals": history.evals,
+                    "eval": evaluation,
+                }
+            )
             del policy
-    return {"model": args.model or "data/reference_model", "dataset": args.dataset or f"data/preferences ({args.labelling})", "runs": runs}
+    return {
+        "model": args.model or "data/reference_model",
+        "dataset": args.dataset or f"data/preferences ({args.labelling})",
+        "runs": runs,
+    }
 
 
 def format_table(results: dict) -> str:
@@ -204,7 +252,7 @@ def main(argv=None) -> int:
     results = run_comparison(args)
     print(format_table(results))
     if args.out:
-        from .plots import plot_comparison
+        from .teaching.plots import plot_comparison
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

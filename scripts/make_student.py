@@ -93,7 +93,9 @@ def make_student(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
     metadata = nbformat.NotebookNode()
     if "kernelspec" in solution.metadata:
         metadata.kernelspec = copy.deepcopy(solution.metadata.kernelspec)
-    metadata.language_info = nbformat.NotebookNode({"name": solution.metadata.get("language_info", {}).get("name", "python")})
+    metadata.language_info = nbformat.NotebookNode(
+        {"name": solution.metadata.get("language_info", {}).get("name", "python")}
+    )
     student.metadata = metadata
     nbformat.validate(student)
     return student
@@ -111,7 +113,9 @@ def generate(source: Path = SOURCE) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the stored student notebook differs from a fresh one")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the stored student notebook differs from a fresh one"
+    )
     parser.add_argument("--source", type=Path, default=SOURCE, help="the solution notebook (default: %(default)s)")
     parser.add_argument("--target", type=Path, default=TARGET, help="the student notebook (default: %(default)s)")
     args = parser.parse_args(argv)

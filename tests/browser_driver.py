@@ -32,8 +32,13 @@ from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 JUPYTER = Path(sys.executable).with_name("jupyter")
 
@@ -63,7 +68,9 @@ class JupyterLabServer:
     ``extra_env`` (e.g. ``OMP_NUM_THREADS=1``).
     """
 
-    def __init__(self, root_dir: Path, state_dir: Path, *, extra_env: dict[str, str] | None = None, start_timeout: float = 90.0):
+    def __init__(
+        self, root_dir: Path, state_dir: Path, *, extra_env: dict[str, str] | None = None, start_timeout: float = 90.0
+    ):
         self.root_dir, self.state_dir = Path(root_dir), Path(state_dir)
         self.extra_env = dict(extra_env or {})
         self.start_timeout = start_timeout
@@ -81,7 +88,7 @@ class JupyterLabServer:
         sep = "&" if "?" in path else "?"
         return f"{self.base_url}{path}{sep}token={self.token}"
 
-    def start(self) -> "JupyterLabServer":
+    def start(self) -> JupyterLabServer:
         settings = self.state_dir / "settings"
         for sub in ("settings", "workspaces", "runtime", "config", "data"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -93,22 +100,39 @@ class JupyterLabServer:
         notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
         notification.parent.mkdir(parents=True, exist_ok=True)
         notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-        env = {**os.environ, **self.extra_env,
-               "JUPYTER_RUNTIME_DIR": str(self.state_dir / "runtime"),
-               "JUPYTER_CONFIG_DIR": str(self.state_dir / "config")}
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "JUPYTER_RUNTIME_DIR": str(self.state_dir / "runtime"),
+            "JUPYTER_CONFIG_DIR": str(self.state_dir / "config"),
+        }
         command = [
-            str(JUPYTER), "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",
-            "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-            f"--ServerApp.root_dir={self.root_dir}", "--LabApp.expose_app_in_browser=True",
-            f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={self.state_dir / 'workspaces'}",
-            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            str(JUPYTER),
+            "lab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root_dir}",
+            "--LabApp.expose_app_in_browser=True",
+            f"--LabApp.user_settings_dir={settings}",
+            f"--LabApp.workspaces_dir={self.state_dir / 'workspaces'}",
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             command.append("--allow-root")
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=self.root_dir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True,  # its own process group: stop() kills it whole
-                                        preexec_fn=_die_with_parent)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.root_dir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() kills it whole
+            preexec_fn=_die_with_parent,
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -160,7 +184,7 @@ class JupyterLabServer:
         self.process = None
         self._log.close()
 
-    def __enter__(self) -> "JupyterLabServer":
+    def __enter__(self) -> JupyterLabServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -198,19 +222,24 @@ class LabPage:
     def open_notebook(self, path: str, timeout: float = 90.0) -> None:
         """Open ``/lab/tree/<path>`` and wait until its kernel is ready."""
         self.page.goto(self.server.url(f"/lab/tree/{path}"), wait_until="domcontentloaded")
-        self.page.wait_for_function("() => window.jupyterapp !== undefined && window.jupyterapp.shell !== undefined",
-                                    timeout=timeout * 1000)
+        self.page.wait_for_function(
+            "() => window.jupyterapp !== undefined && window.jupyterapp.shell !== undefined", timeout=timeout * 1000
+        )
         self.page.wait_for_function(
             """(path) => { const w = window.jupyterapp.shell.currentWidget;
                           return !!(w && w.context && w.context.path === path && w.sessionContext); }""",
-            arg=path, timeout=timeout * 1000)
+            arg=path,
+            timeout=timeout * 1000,
+        )
         dialog = self.page.locator(".jp-Dialog .jp-mod-accept")  # e.g. "Select Kernel" for a notebook without one
         if dialog.count():
             dialog.first.click()
         self.page.evaluate("async () => { await window.jupyterapp.shell.currentWidget.sessionContext.ready; }")
         self.page.wait_for_function(
             """() => { const s = window.jupyterapp.shell.currentWidget.sessionContext.session;
-                       return !!(s && s.kernel && s.kernel.status === 'idle'); }""", timeout=timeout * 1000)
+                       return !!(s && s.kernel && s.kernel.status === 'idle'); }""",
+            timeout=timeout * 1000,
+        )
 
     def notebook_state(self) -> dict:
         return self.page.evaluate(_NOTEBOOK_STATE_JS)
@@ -230,8 +259,10 @@ class LabPage:
             if state["kernel"] == "idle" and all(c["count"] is not None for c in state["cells"]):
                 time.sleep(1.0)  # let the last widget views render
                 return self.notebook_state()
-        raise TimeoutError(f"cells still running after {timeout:.0f} s: "
-                           f"{[c['source'] for c in (state or {}).get('cells', []) if c['count'] is None][:3]}")
+        raise TimeoutError(
+            f"cells still running after {timeout:.0f} s: "
+            f"{[c['source'] for c in (state or {}).get('cells', []) if c['count'] is None][:3]}"
+        )
 
     def slider(self, description: str, nth: int = 0):
         """The ``nth`` ipywidgets slider whose description label reads exactly ``description``."""
@@ -243,13 +274,16 @@ class LabPage:
     @staticmethod
     def widget_output(slider):
         """The output area (the whole displayed widget) that holds ``slider``."""
-        return slider.locator("xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' jp-OutputArea-output ')][1]")
+        return slider.locator(
+            "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' jp-OutputArea-output ')][1]"
+        )
 
     def image_digest(self, image) -> str:
         """sha256 of the bytes the widget image currently shows (fetched from its blob/data URL)."""
         data = image.evaluate(
             """async (img) => { const r = await fetch(img.src); const b = new Uint8Array(await r.arrayBuffer());
-                               let s = ''; for (const x of b) s += String.fromCharCode(x); return btoa(s); }""")
+                               let s = ''; for (const x of b) s += String.fromCharCode(x); return btoa(s); }"""
+        )
         return hashlib.sha256(data.encode()).hexdigest()
 
     def press_arrow(self, slider, key: str = "ArrowRight", times: int = 3) -> None:

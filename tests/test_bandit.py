@@ -6,17 +6,16 @@ import math
 import pytest
 import torch
 
-from course_lib.bandit import (
+from course_lib.maths.bandit import bandit_kl, ipo_bandit_optimum
+from course_lib.maths.losses import PAIRWISE_LOSSES, dpo_loss
+from course_lib.toyworld.bandit import (
     D1,
     D1_SWEEP,
-    bandit_kl,
-    ipo_bandit_optimum,
     load_d1_sweep,
     sample_pair_indices,
     train_bandit,
     train_bandit_sweep,
 )
-from course_lib.losses import PAIRWISE_LOSSES, dpo_loss
 
 
 def naive_train(preferences, *, loss, beta, steps, lr=0.01, batch_size=9, seed=0, ref_probs=None):
@@ -188,7 +187,9 @@ def test_bandit_kl():
     p, ref = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.2, 0.3, 0.5])
     expected = float((p * (p / ref).log()).sum())
     assert float(bandit_kl(p, ref)) == pytest.approx(expected, rel=1e-6)
-    torch_kl = torch.distributions.kl_divergence(torch.distributions.Categorical(p), torch.distributions.Categorical(ref))
+    torch_kl = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(p), torch.distributions.Categorical(ref)
+    )
     assert float(bandit_kl(p, ref)) == pytest.approx(float(torch_kl), rel=1e-5)
     assert float(bandit_kl(torch.tensor([1.0, 0.0, 0.0]))) == pytest.approx(math.log(3), rel=1e-6)  # 0 log 0 = 0
     assert bandit_kl(torch.rand(4, 5, 3).softmax(-1)).shape == (4, 5)

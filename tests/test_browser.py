@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from browser_driver import CHROMIUM, CHROMIUM_FLAGS, JupyterLabServer, LabPage, strip_outputs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,11 +37,13 @@ def write_probe_notebook(path: Path) -> None:
     """A notebook whose first cell writes to stderr, second raises, third never runs: the detector's control."""
     import nbformat
 
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("import sys\nprint('a warning', file=sys.stderr)"),
-        nbformat.v4.new_code_cell("raise ValueError('probe error')"),
-        nbformat.v4.new_code_cell("print('never reached')"),
-    ])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("import sys\nprint('a warning', file=sys.stderr)"),
+            nbformat.v4.new_code_cell("raise ValueError('probe error')"),
+            nbformat.v4.new_code_cell("print('never reached')"),
+        ]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
@@ -169,7 +170,7 @@ def test_missing_chromium_fails_under_ci_and_skips_elsewhere(monkeypatch, tmp_pa
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
         _require_chromium()
-    assert browser_driver.CHROMIUM == Path("/usr/bin/chromium")
+    assert Path("/usr/bin/chromium") == browser_driver.CHROMIUM
 
 
 def readout_value(text: str) -> float:

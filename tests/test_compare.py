@@ -9,13 +9,24 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from course_lib.compare import main
-from course_lib.data import load_preferences
+from course_lib.toyworld.data import load_preferences
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-SMALL = ["--steps", "2", "--eval-samples", "16", "--batch-size", "8", "--max-train-pairs", "64", "--no-progress", "--device", "cpu"]
+SMALL = [
+    "--steps",
+    "2",
+    "--eval-samples",
+    "16",
+    "--batch-size",
+    "8",
+    "--max-train-pairs",
+    "64",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 EVAL_KEYS = {"preference_accuracy", "kl", "kl_stderr", "reward", "reward_stderr"}
 
 
@@ -74,7 +85,7 @@ def test_results_json_schema(default_runs):
             assert isinstance(entry["loss"], float)
             if run["loss"] != "rrhf":
                 assert isinstance(entry["margin"], float)
-        assert EVAL_KEYS <= set(run["eval"])
+        assert set(run["eval"]) >= EVAL_KEYS
         assert all(isinstance(run["eval"][k], float) for k in EVAL_KEYS)
         assert run["eval"]["kl"] > 0 and run["eval"]["kl_stderr"] > 0
     assert not any("time" in key or "second" in key for key in _keys_anywhere(results))
@@ -95,7 +106,9 @@ def test_writes_non_empty_pngs(default_runs):
 
 def test_model_from_a_local_folder(tmp_path):
     model = shutil.copytree(DATA / "reference_model", tmp_path / "my_model")
-    code, stdout, _ = _main([*SMALL, "--steps", "1", "--losses", "dpo", "--model", str(model), "--out", str(tmp_path / "out")])
+    code, stdout, _ = _main(
+        [*SMALL, "--steps", "1", "--losses", "dpo", "--model", str(model), "--out", str(tmp_path / "out")]
+    )
     assert code == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["model"] == str(model)
@@ -111,7 +124,9 @@ def test_dataset_from_a_local_folder_in_trl_format(tmp_path):
         with open(folder / f"{split}.jsonl", "w") as f:
             for p in pairs:
                 f.write(json.dumps({"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}) + "\n")
-    code, stdout, stderr = _main([*SMALL, "--steps", "1", "--losses", "dpo", "rrhf", "--dataset", str(folder), "--out", str(tmp_path / "out")])
+    code, stdout, stderr = _main(
+        [*SMALL, "--steps", "1", "--losses", "dpo", "rrhf", "--dataset", str(folder), "--out", str(tmp_path / "out")]
+    )
     assert code == 0
     assert "rrhf skipped" in stderr  # RRHF needs ranked candidate sets
     results = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -1,9 +1,9 @@
-"""course_lib.device: default_device() and the COURSE_DEVICE override."""
+"""course_lib.loop.device: default_device() and the COURSE_DEVICE override."""
 
 import pytest
 import torch
 
-from course_lib.device import default_device
+from course_lib.loop.device import default_device
 
 
 def mps_available() -> bool:

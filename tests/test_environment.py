@@ -1,10 +1,11 @@
-"""pyproject.toml and environment.yml ask for exactly the same pinned packages."""
+"""The pins live in pyproject.toml only: each is exact, and environment.yml installs the project from it."""
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([A-Za-z0-9.+!_-]+)$")
@@ -55,10 +56,6 @@ def environment_pip_requirements() -> list[str]:
     return []
 
 
-def without_editable(requirements: list[str]) -> list[str]:
-    return [r for r in requirements if not r.replace(" ", "").startswith("-e")]
-
-
 def test_hand_parser_agrees_with_yaml_when_available():
     yaml = pytest.importorskip("yaml")
     text = (ROOT / "environment.yml").read_text()
@@ -66,31 +63,21 @@ def test_hand_parser_agrees_with_yaml_when_available():
     assert pip_block_by_hand(text) == [str(item) for item in pip_entries]
 
 
-def test_environment_yml_has_an_editable_install_of_the_package():
-    assert any(r.replace(" ", "") == "-e." for r in environment_pip_requirements())
+def test_environment_yml_installs_the_project_and_pins_nothing_itself():
+    """conda's route is pip's: the editable install with the dev extra, and no second list of pins."""
+    assert [r.replace(" ", "") for r in environment_pip_requirements()] == ["-e.[dev]"]
 
 
-def test_same_package_set_in_both_files():
-    from_pyproject = [normalise(r) for r in pyproject_requirements()]
-    from_environment = [normalise(r) for r in without_editable(environment_pip_requirements())]
-    assert len(from_pyproject) == len(set(from_pyproject)), "a package is listed twice in pyproject.toml"
-    assert len(from_environment) == len(set(from_environment)), "a package is listed twice in environment.yml"
-    only_pyproject = sorted(set(from_pyproject) - set(from_environment))
-    only_environment = sorted(set(from_environment) - set(from_pyproject))
-    assert not only_pyproject and not only_environment, f"{only_pyproject=} {only_environment=}"
-
-
-@pytest.mark.parametrize("source", ["pyproject.toml", "environment.yml"])
-def test_every_requirement_is_pinned_exactly(source):
-    requirements = pyproject_requirements() if source == "pyproject.toml" else without_editable(environment_pip_requirements())
+def test_every_requirement_is_pinned_exactly():
+    requirements = pyproject_requirements()
     assert requirements
+    assert len({normalise(r) for r in requirements}) == len(requirements), "a package is listed twice"
     unpinned = [r for r in requirements if not PIN.match(r.strip())]
-    assert not unpinned, f"{source}: not pinned with ==: {unpinned}"
+    assert not unpinned, f"pyproject.toml: not pinned with ==: {unpinned}"
 
 
 def test_torch_is_pinned_to_2_13_0():
     assert "torch==2.13.0" in [normalise(r) for r in pyproject_requirements()]
-    assert "torch==2.13.0" in [normalise(r) for r in without_editable(environment_pip_requirements())]
 
 
 def test_the_pin_parser_itself():
@@ -98,5 +85,5 @@ def test_the_pin_parser_itself():
     assert normalise("typing_extensions==4.12.2") == "typing-extensions==4.12.2"
     assert not PIN.match("torch>=2.0")
     assert not PIN.match("torch")
-    text = "name: x\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n      - a==1\n      - b==2  # comment\n      - -e .\nother: 1\n"
+    text = "name: x\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n      - a==1\n      - b==2  # comment\n      - -e .\nother: 1\n"  # noqa: E501
     assert pip_block_by_hand(text) == ["a==1", "b==2", "-e ."]

@@ -1,4 +1,4 @@
-"""course_lib.exercises: each checker recognises broken implementations, passes correct ones, never raises.
+"""course_lib.teaching.exercises: each checker recognises broken implementations, passes correct ones, never raises.
 
 The broken implementations below are written the way a learner would write them (the seed's snippets
 translated faithfully into the tensor signature among them); each must get its intended diagnosis.
@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.exercises import (
+from course_lib.maths.losses import dpo_loss, hinge_loss, ipo_loss, rrhf_loss
+from course_lib.teaching.exercises import (
     DPO_MISTAKES,
     IPO_MISTAKES,
     PAIRWISE_CASES,
@@ -19,8 +20,8 @@ from course_lib.exercises import (
     check_ipo_loss,
     check_rrhf_loss,
 )
-from course_lib.exercises import _Pairs, _Rankings  # the views the mistake formulas read
-from course_lib.losses import dpo_loss, hinge_loss, ipo_loss, rrhf_loss
+from course_lib.teaching.exercises.pairwise import _Pairs  # the views the mistake formulas read
+from course_lib.teaching.exercises.ranking import _Rankings
 
 
 def margin(pc, pr, rc, rr):
@@ -171,13 +172,18 @@ DPO_BROKEN = [
     (dpo_squeezed, ["For a batch of size 1 your function returns shape ()"]),
     (dpo_where_nan_grad, ["inf/NaN", "torch.where"]),
     (dpo_log_of_margin, ["inf or NaN on the case: a batch of 4 pairs", "(yours: [1.386, nan, 0.1054, inf])"]),
-    (dpo_no_beta_keyword, ["cannot take the library's arguments (got an unexpected keyword argument 'beta')",
-                           "def my_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, "
-                           "ref_rejected_logps, *, beta=0.1)"]),
+    (
+        dpo_no_beta_keyword,
+        [
+            "cannot take the library's arguments (got an unexpected keyword argument 'beta')",
+            "def my_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, "
+            "ref_rejected_logps, *, beta=0.1)",
+        ],
+    ),
     (dpo_batch_sum, ["one number for the whole batch (its sum)"]),
     (dpo_raises, ["raised ValueError: oops, shapes (on the case: a batch of 4 pairs, beta = 0.1)"]),
     (dpo_forgot_return, ["returns None"]),
-    (dpo_constant, ["course_lib.losses.dpo_loss gives [0.5759, 0.7185, 0.3412, 0.6931]", "Check, in order"]),
+    (dpo_constant, ["course_lib.maths.losses.dpo_loss gives [0.5759, 0.7185, 0.3412, 0.6931]", "Check, in order"]),
 ]
 
 
@@ -296,7 +302,9 @@ def seed_rrhf_loss(candidate_logps, candidate_lengths, candidate_rewards, *, len
     return torch.stack(losses)
 
 
-def seed_rrhf_loss_stacked(candidate_logps, candidate_lengths, candidate_rewards, *, length_penalty=1.0, sft_weight=1.0):
+def seed_rrhf_loss_stacked(
+    candidate_logps, candidate_lengths, candidate_rewards, *, length_penalty=1.0, sft_weight=1.0
+):
     """The seed's rrhf_loss with only its TypeError fixed (torch.stack around the pair)."""
     losses = []
     for logps, rewards in zip(candidate_logps, candidate_rewards):
@@ -310,8 +318,21 @@ def seed_rrhf_loss_stacked(candidate_logps, candidate_lengths, candidate_rewards
     return torch.stack(losses)
 
 
-def rrhf_loop(candidate_logps, candidate_lengths, candidate_rewards, *, length_penalty=1.0, sft_weight=1.0,
-              normalise=True, sft=True, ties=False, twice=False, best="argmax", sft_average=False, reduce_pairs=False):
+def rrhf_loop(
+    candidate_logps,
+    candidate_lengths,
+    candidate_rewards,
+    *,
+    length_penalty=1.0,
+    sft_weight=1.0,
+    normalise=True,
+    sft=True,
+    ties=False,
+    twice=False,
+    best="argmax",
+    sft_average=False,
+    reduce_pairs=False,
+):
     """A loop implementation with switches for the usual mistakes; all switches at default = correct."""
     losses = []
     for logps, lengths, rewards in zip(candidate_logps, candidate_lengths, candidate_rewards):
@@ -335,25 +356,36 @@ def rrhf_loop(candidate_logps, candidate_lengths, candidate_rewards, *, length_p
 
 def rrhf_variant(**switches):
     def fn(candidate_logps, candidate_lengths, candidate_rewards, *, length_penalty=1.0, sft_weight=1.0):
-        return rrhf_loop(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty,
-                         sft_weight=sft_weight, **switches)
+        return rrhf_loop(
+            candidate_logps,
+            candidate_lengths,
+            candidate_rewards,
+            length_penalty=length_penalty,
+            sft_weight=sft_weight,
+            **switches,
+        )
+
     fn.__name__ = "my_rrhf_loss"
     return fn
 
 
 def rrhf_batch_mean(candidate_logps, candidate_lengths, candidate_rewards, *, length_penalty=1.0, sft_weight=1.0):
-    return rrhf_loss(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty,
-                     sft_weight=sft_weight).mean()
+    return rrhf_loss(
+        candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty, sft_weight=sft_weight
+    ).mean()
 
 
-def rrhf_ignores_sft_weight(candidate_logps, candidate_lengths, candidate_rewards, *, length_penalty=1.0, sft_weight=1.0):
+def rrhf_ignores_sft_weight(
+    candidate_logps, candidate_lengths, candidate_rewards, *, length_penalty=1.0, sft_weight=1.0
+):
     return rrhf_loop(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty)
 
 
 def rrhf_clamps_lengths(candidate_logps, candidate_lengths, candidate_rewards, *, length_penalty=1.0, sft_weight=1.0):
     candidate_lengths.clamp_(min=1)
-    return rrhf_loss(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty,
-                     sft_weight=sft_weight)
+    return rrhf_loss(
+        candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty, sft_weight=sft_weight
+    )
 
 
 RRHF_BROKEN = [
@@ -375,7 +407,10 @@ RRHF_BROKEN = [
 BROKEN = (
     [pytest.param(check_dpo_loss, fn, texts, id=f"dpo-{fn.__name__}") for fn, texts in DPO_BROKEN]
     + [pytest.param(check_ipo_loss, fn, texts, id=f"ipo-{fn.__name__}") for fn, texts in IPO_BROKEN]
-    + [pytest.param(check_rrhf_loss, fn, texts, id=f"rrhf-{i}-{fn.__name__}") for i, (fn, texts) in enumerate(RRHF_BROKEN)]
+    + [
+        pytest.param(check_rrhf_loss, fn, texts, id=f"rrhf-{i}-{fn.__name__}")
+        for i, (fn, texts) in enumerate(RRHF_BROKEN)
+    ]
 )
 
 
@@ -417,8 +452,9 @@ def my_ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, re
 
 
 def my_rrhf_loss(candidate_logps, candidate_lengths, candidate_rewards, *, length_penalty=1.0, sft_weight=1.0):
-    return rrhf_loop(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty,
-                     sft_weight=sft_weight)
+    return rrhf_loop(
+        candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty, sft_weight=sft_weight
+    )
 
 
 CORRECT = [
@@ -437,7 +473,7 @@ CORRECT = [
 def test_correct_implementation_passes(checker, fn, name, capsys):
     assert checker(fn) is True
     out = capsys.readouterr().out
-    assert out.startswith(f"✅ {name} matches course_lib.losses."), out
+    assert out.startswith(f"✅ {name} matches course_lib.maths.losses."), out
     assert "gradients included" in out
 
 
@@ -487,8 +523,14 @@ def test_not_implemented(checker, capsys):
 
 @pytest.mark.parametrize(
     "checker, fn",
-    [(check_dpo_loss, seed_dpo_loss), (check_dpo_loss, dpo_constant), (check_dpo_loss, my_dpo_loss),
-     (check_ipo_loss, seed_ipo_loss), (check_rrhf_loss, seed_rrhf_loss), (check_rrhf_loss, rrhf_variant(twice=True))],
+    [
+        (check_dpo_loss, seed_dpo_loss),
+        (check_dpo_loss, dpo_constant),
+        (check_dpo_loss, my_dpo_loss),
+        (check_ipo_loss, seed_ipo_loss),
+        (check_rrhf_loss, seed_rrhf_loss),
+        (check_rrhf_loss, rrhf_variant(twice=True)),
+    ],
 )
 def test_output_is_identical_across_calls(checker, fn, capsys):
     first = (checker(fn), capsys.readouterr().out)
@@ -539,7 +581,8 @@ def test_each_mistake_formula_is_diagnosed_as_itself(checker, reference, mistake
     """Each formula of the table, run as a learner's function, gets its own message."""
     tensor_names = [n for n, v in cases[0].build().items() if isinstance(v, torch.Tensor)]
     for mistake in mistakes:
-        def learner(*tensors, **hyper):
+
+        def learner(*tensors, mistake=mistake, **hyper):
             inputs = {**dict(zip(tensor_names, tensors)), **hyper}
             return mistake.formula(view(inputs)).to(tensors[0].dtype)
 

@@ -5,19 +5,22 @@ import math
 import pytest
 import torch
 
-from course_lib.bandit import D1, ipo_bandit_optimum, load_d1_sweep
-from course_lib.ipo_widgets import (
-    LOSS_NAMES,
+from course_lib.maths.bandit import ipo_bandit_optimum
+from course_lib.teaching.widgets.bandit_tau import (
     bandit_readout_text,
     bandit_tau_state,
     build_bandit_widget,
+    plot_bandit_tau,
+)
+from course_lib.teaching.widgets.margin_loss import (
+    LOSS_NAMES,
     build_margin_widget,
     margin_losses_state,
     margin_readout_html,
     margin_readout_text,
-    plot_bandit_tau,
     plot_margin_losses,
 )
+from course_lib.toyworld.bandit import D1, load_d1_sweep
 
 
 def sigmoid(z):

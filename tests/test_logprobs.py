@@ -1,10 +1,10 @@
-"""course_lib.logprobs: token_logps and sequence_logps against naive oracles, invariances, bad inputs."""
+"""course_lib.maths.logprobs: token_logps and sequence_logps against naive oracles, invariances, bad inputs."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.logprobs import IGNORE_INDEX, sequence_logps, token_logps
+from course_lib.maths.logprobs import IGNORE_INDEX, sequence_logps, token_logps
 
 # Tolerances for a library result in `dtype` against a float64 oracle on the same (upcast) logits.
 # Per token: the result is rounded once or twice in `dtype` (|value| ~ log V ~ 2-8, eps(bf16) = 2**-8).
@@ -76,7 +76,9 @@ def test_sequence_logps_matches_naive(generator, dtype, average):
     got = sequence_logps(logits, labels, average=average)
     assert got.shape == (5,)
     assert got.dtype == dtype
-    torch.testing.assert_close(got.double(), naive_sequence_logps(logits, labels, average=average), **SEQUENCE_TOL[dtype])
+    torch.testing.assert_close(
+        got.double(), naive_sequence_logps(logits, labels, average=average), **SEQUENCE_TOL[dtype]
+    )
 
 
 def test_token_logps_is_minus_cross_entropy(generator):
@@ -101,7 +103,9 @@ def test_average_is_sum_over_scored_token_count(generator):
 def test_chunking_over_rows_does_not_change_the_result(generator, batch_size):
     """The library works over at most 8 chunks of rows: batch sizes around the chunk edges agree with the oracle."""
     logits, labels = make_batch(generator, batch_size=batch_size, seq_len=6, vocab_size=7, prompt_len=1)
-    torch.testing.assert_close(token_logps(logits, labels).double(), naive_token_logps(logits, labels), **TOKEN_TOL[torch.float32])
+    torch.testing.assert_close(
+        token_logps(logits, labels).double(), naive_token_logps(logits, labels), **TOKEN_TOL[torch.float32]
+    )
 
 
 def test_shift_convention_on_a_hand_example():
@@ -126,9 +130,7 @@ def test_unscored_positions_are_zero(generator):
 def test_custom_ignore_index(generator):
     logits, labels = make_batch(generator)
     relabelled = torch.where(labels == IGNORE_INDEX, torch.full_like(labels, -1), labels)
-    torch.testing.assert_close(
-        sequence_logps(logits, relabelled, ignore_index=-1), sequence_logps(logits, labels)
-    )
+    torch.testing.assert_close(sequence_logps(logits, relabelled, ignore_index=-1), sequence_logps(logits, labels))
 
 
 @pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64])
@@ -162,7 +164,9 @@ def test_right_padding_changes_nothing(generator, dtype):
 def test_logits_at_unscored_positions_do_not_matter(generator):
     logits, labels = make_batch(generator)
     predicts_unscored = torch.cat([labels[:, 1:] == IGNORE_INDEX, torch.ones(labels.shape[0], 1, dtype=torch.bool)], 1)
-    scrambled = torch.where(predicts_unscored.unsqueeze(-1), 50 * torch.randn(logits.shape, generator=generator), logits)
+    scrambled = torch.where(
+        predicts_unscored.unsqueeze(-1), 50 * torch.randn(logits.shape, generator=generator), logits
+    )
     torch.testing.assert_close(sequence_logps(scrambled, labels), sequence_logps(logits, labels), rtol=0, atol=0)
 
 
@@ -178,7 +182,8 @@ def test_permuting_the_batch_permutes_the_output(generator):
     perm = torch.randperm(6, generator=generator)
     for average in (False, True):
         torch.testing.assert_close(
-            sequence_logps(logits[perm], labels[perm], average=average), sequence_logps(logits, labels, average=average)[perm]
+            sequence_logps(logits[perm], labels[perm], average=average),
+            sequence_logps(logits, labels, average=average)[perm],
         )
     torch.testing.assert_close(token_logps(logits[perm], labels[perm]), token_logps(logits, labels)[perm])
 

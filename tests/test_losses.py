@@ -1,4 +1,4 @@
-"""course_lib.losses: closed forms, oracles (paper, TRL, Mitchell, a loop), invariances, gradients, bad inputs."""
+"""course_lib.maths.losses: closed forms, oracles (paper, TRL, Mitchell, a loop), invariances, gradients, bad inputs."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.logprobs import IGNORE_INDEX, sequence_logps
-from course_lib.losses import (
+from course_lib.maths.logprobs import IGNORE_INDEX, sequence_logps
+from course_lib.maths.losses import (
     PAIRWISE_LOSSES,
     dpo_loss,
     hinge_loss,
@@ -33,7 +33,9 @@ PAIRWISE = {
 
 def four_logps(generator, batch_size=6, dtype=torch.float64, scale=5.0):
     """Four (B,) tensors of plausible (negative) sequence log-probs."""
-    return tuple((-scale * torch.rand(batch_size, generator=generator, dtype=torch.float64) * 4).to(dtype) for _ in range(4))
+    return tuple(
+        (-scale * torch.rand(batch_size, generator=generator, dtype=torch.float64) * 4).to(dtype) for _ in range(4)
+    )
 
 
 def with_margin(h, dtype=torch.float64):
@@ -52,7 +54,9 @@ def test_dpo_is_log2_at_zero_margin(generator, beta):
     # policy == reference: h = 0 whatever the log-probs are
     torch.testing.assert_close(dpo_loss(pc, pr, pc, pr, beta=beta), torch.full_like(pc, math.log(2)))
     for eps in (0.1, 0.3):  # cDPO too: at z = 0 both terms are log 2
-        torch.testing.assert_close(dpo_loss(pc, pr, pc, pr, beta=beta, label_smoothing=eps), torch.full_like(pc, math.log(2)))
+        torch.testing.assert_close(
+            dpo_loss(pc, pr, pc, pr, beta=beta, label_smoothing=eps), torch.full_like(pc, math.log(2))
+        )
 
 
 @pytest.mark.parametrize("beta", BETAS)
@@ -70,7 +74,9 @@ def test_ipo_is_zero_at_its_target(beta):
     torch.testing.assert_close(ipo_loss(*with_margin([target]), beta=beta), torch.zeros(1, dtype=torch.float64))
     # and it is (h - target)^2 around it
     for h in (target - 1.0, target + 3.0, 0.0):
-        torch.testing.assert_close(ipo_loss(*with_margin([h]), beta=beta), torch.tensor([(h - target) ** 2], dtype=torch.float64))
+        torch.testing.assert_close(
+            ipo_loss(*with_margin([h]), beta=beta), torch.tensor([(h - target) ** 2], dtype=torch.float64)
+        )
 
 
 @pytest.mark.parametrize("beta", BETAS)
@@ -111,7 +117,9 @@ def test_margin_dpo_formula(generator, m, beta):
     pc, pr, rc, rr = four_logps(generator)
     h = (pc - rc) - (pr - rr)
     torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, beta=beta, margin=m), -F.logsigmoid(beta * h - m))
-    torch.testing.assert_close(dpo_loss(*with_margin([m / beta]), beta=beta, margin=m), torch.tensor([math.log(2)], dtype=torch.float64))
+    torch.testing.assert_close(
+        dpo_loss(*with_margin([m / beta]), beta=beta, margin=m), torch.tensor([math.log(2)], dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("beta", BETAS)
@@ -129,7 +137,7 @@ def test_hinge_is_zero_above_one_over_beta(beta):
 
 
 def test_pairwise_losses_registry():
-    assert PAIRWISE_LOSSES == {"dpo": dpo_loss, "ipo": ipo_loss, "hinge": hinge_loss}
+    assert {"dpo": dpo_loss, "ipo": ipo_loss, "hinge": hinge_loss} == PAIRWISE_LOSSES
 
 
 def test_rrhf_equals_its_sft_term_when_scores_are_ranked_as_rewards():
@@ -149,10 +157,13 @@ def test_rrhf_equals_its_sft_term_when_scores_are_ranked_as_rewards():
 def test_rrhf_scores_are_length_normalised():
     candidate_logps = torch.tensor([[-6.0, -6.0]], dtype=torch.float64)
     candidate_lengths = torch.tensor([[2, 3]])
-    torch.testing.assert_close(rrhf_scores(candidate_logps, candidate_lengths), torch.tensor([[-3.0, -2.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        rrhf_scores(candidate_logps, candidate_lengths), torch.tensor([[-3.0, -2.0]], dtype=torch.float64)
+    )
     torch.testing.assert_close(rrhf_scores(candidate_logps, candidate_lengths, length_penalty=0.0), candidate_logps)
     torch.testing.assert_close(
-        rrhf_scores(candidate_logps, candidate_lengths, length_penalty=2.0), torch.tensor([[-1.5, -6.0 / 9]], dtype=torch.float64)
+        rrhf_scores(candidate_logps, candidate_lengths, length_penalty=2.0),
+        torch.tensor([[-1.5, -6.0 / 9]], dtype=torch.float64),
     )
 
 
@@ -171,7 +182,9 @@ def test_rrhf_hand_example():
 def rrhf_loop(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=1.0, sft_weight=1.0):
     """Eqs. 1-5 of Yuan et al. 2023, one prompt and one pair at a time, in plain Python."""
     losses = []
-    for logps, lengths, rewards in zip(candidate_logps.tolist(), candidate_lengths.tolist(), candidate_rewards.tolist()):
+    for logps, lengths, rewards in zip(
+        candidate_logps.tolist(), candidate_lengths.tolist(), candidate_rewards.tolist()
+    ):
         scores = [lp / length**length_penalty for lp, length in zip(logps, lengths)]
         rank = 0.0
         for i in range(len(scores)):
@@ -191,10 +204,14 @@ def test_rrhf_matches_a_python_loop(generator, length_penalty, sft_weight):
     candidate_lengths = torch.randint(1, 12, (batch_size, k), generator=generator)
     candidate_rewards = torch.randint(0, 3, (batch_size, k), generator=generator).double()  # plenty of ties
     rank, sft = rrhf_loss_terms(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty)
-    want_rank, want_sft, want_total = rrhf_loop(candidate_logps, candidate_lengths, candidate_rewards, length_penalty, sft_weight)
+    want_rank, want_sft, want_total = rrhf_loop(
+        candidate_logps, candidate_lengths, candidate_rewards, length_penalty, sft_weight
+    )
     torch.testing.assert_close(rank, want_rank)
     torch.testing.assert_close(sft, want_sft)
-    got = rrhf_loss(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty, sft_weight=sft_weight)
+    got = rrhf_loss(
+        candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty, sft_weight=sft_weight
+    )
     torch.testing.assert_close(got, want_total)
 
 
@@ -224,7 +241,9 @@ def trl_per_token_and_masks(logits, labels):
     completion_mask = (labels != IGNORE_INDEX).long()  # (B, T)
     shift_completion_mask = completion_mask[:, 1:]
     next_labels = torch.where(shift_completion_mask.bool(), labels[:, 1:], torch.zeros_like(labels[:, 1:]))
-    per_token_logps = logits[:, :-1].log_softmax(-1).gather(-1, next_labels.unsqueeze(-1)).squeeze(-1) * shift_completion_mask
+    per_token_logps = (
+        logits[:, :-1].log_softmax(-1).gather(-1, next_labels.unsqueeze(-1)).squeeze(-1) * shift_completion_mask
+    )
     return per_token_logps.sum(dim=1), completion_mask
 
 
@@ -346,10 +365,13 @@ def test_permuting_prompts_and_candidates_for_rrhf(generator):
     candidate_rewards = torch.rand(5, 4, generator=generator, dtype=torch.float64)
     base = rrhf_loss(candidate_logps, candidate_lengths, candidate_rewards)
     prompts = torch.randperm(5, generator=generator)
-    torch.testing.assert_close(rrhf_loss(candidate_logps[prompts], candidate_lengths[prompts], candidate_rewards[prompts]), base[prompts])
+    torch.testing.assert_close(
+        rrhf_loss(candidate_logps[prompts], candidate_lengths[prompts], candidate_rewards[prompts]), base[prompts]
+    )
     candidates = torch.randperm(4, generator=generator)  # the order of the K candidates does not matter
     torch.testing.assert_close(
-        rrhf_loss(candidate_logps[:, candidates], candidate_lengths[:, candidates], candidate_rewards[:, candidates]), base
+        rrhf_loss(candidate_logps[:, candidates], candidate_lengths[:, candidates], candidate_rewards[:, candidates]),
+        base,
     )
 
 

@@ -1,4 +1,5 @@
-"""course_lib.metrics and course_lib.kl: TRL's metric names and meanings, KL estimators, exact sequence KL."""
+"""course_lib.maths.metrics and course_lib.maths.kl: TRL's metric names and meanings, KL estimators, exact
+sequence KL."""
 
 import importlib.util
 import math
@@ -8,11 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.kl import kl_estimators, sequence_kl
-from course_lib.logprobs import IGNORE_INDEX
-from course_lib.metrics import implicit_rewards, preference_metrics
+from course_lib.maths.kl import kl_estimators, sequence_kl
+from course_lib.maths.logprobs import IGNORE_INDEX
+from course_lib.maths.metrics import implicit_rewards, preference_metrics
 
-TRL_KEYS = {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"}
+TRL_KEYS = {
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+}
 
 
 def four_logps(generator, batch_size=8):
@@ -117,7 +125,11 @@ def test_metrics_chosen_and_rejected_batches_must_agree(chosen_size, rejected_si
     """(1,) against (4,) would broadcast into a silently wrong margin; (3,) against (4,) is a torch trace."""
     with pytest.raises(ValueError, match="policy_rejected_logps"):
         preference_metrics(
-            torch.zeros(chosen_size), torch.zeros(rejected_size), torch.zeros(chosen_size), torch.zeros(rejected_size), beta=0.1
+            torch.zeros(chosen_size),
+            torch.zeros(rejected_size),
+            torch.zeros(chosen_size),
+            torch.zeros(rejected_size),
+            beta=0.1,
         )
 
 
@@ -217,7 +229,9 @@ def test_sequence_kl_matches_brute_force(generator):
     policy_logits, ref_logits, labels = make_logits_and_labels(generator)
     got = sequence_kl(policy_logits, ref_logits, labels)
     assert got.shape == (3,) and got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), brute_force_sequence_kl(policy_logits, ref_logits, labels), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        got.double(), brute_force_sequence_kl(policy_logits, ref_logits, labels), rtol=1e-5, atol=1e-6
+    )
     assert bool((got > 0).all())
 
 
@@ -229,8 +243,12 @@ def test_sequence_kl_of_identical_logits_is_zero(generator):
 def test_sequence_kl_ignores_unscored_positions(generator):
     policy_logits, ref_logits, labels = make_logits_and_labels(generator)
     predicts_unscored = torch.cat([labels[:, 1:] == IGNORE_INDEX, torch.ones(3, 1, dtype=torch.bool)], 1).unsqueeze(-1)
-    scrambled = torch.where(predicts_unscored, 30 * torch.randn(policy_logits.shape, generator=generator), policy_logits)
-    torch.testing.assert_close(sequence_kl(scrambled, ref_logits, labels), sequence_kl(policy_logits, ref_logits, labels))
+    scrambled = torch.where(
+        predicts_unscored, 30 * torch.randn(policy_logits.shape, generator=generator), policy_logits
+    )
+    torch.testing.assert_close(
+        sequence_kl(scrambled, ref_logits, labels), sequence_kl(policy_logits, ref_logits, labels)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

@@ -4,11 +4,11 @@ The scanner reads each code cell with ``ast`` and collects the names the cell bi
 def/class, assignments (also augmented, annotated, walrus, unpacking), for/with/except targets,
 match captures, and imports (``import a as b`` binds b). ``from course_lib... import name`` is the
 intended use and is not a rebinding; aliasing a library name onto another (``import x as dpo_loss``,
-``from course_lib.losses import ipo_loss as dpo_loss``) is.
+``from course_lib.maths.losses import ipo_loss as dpo_loss``) is.
 
-The library's public names are ``course_lib.__all__`` plus the public names each submodule defines at
-top level (read from its source, so that nothing heavy is imported). The CLIs ``build_data`` and
-``compare`` and private modules (``_checks``) are skipped.
+The library's public names are ``course_lib.__all__`` plus the public names each module of every layer
+defines at top level (read from its source, so that nothing heavy is imported). The CLIs ``build_data``
+and ``compare``, private modules and the shared input checks (``maths.checks``) are skipped.
 """
 
 import ast
@@ -24,7 +24,7 @@ import course_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-SKIPPED_MODULES = {"build_data", "compare"}
+SKIPPED_MODULES = {"course_lib.build_data", "course_lib.compare", "course_lib.maths.checks"}
 SCOPED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
@@ -121,7 +121,9 @@ def notebook_bindings(notebook) -> list[tuple[int, str, int]]:
         try:
             names = top_level_names(_python_source(cell.source))
         except SyntaxError as err:
-            if "NBVAL_RAISES_EXCEPTION" in cell.source or "raises-exception" in cell.get("metadata", {}).get("tags", []):
+            if "NBVAL_RAISES_EXCEPTION" in cell.source or "raises-exception" in cell.get("metadata", {}).get(
+                "tags", []
+            ):
                 continue  # a cell that demonstrates a syntax error on purpose
             raise AssertionError(f"cell {index} does not parse: {err}") from err
         found.extend((index, name, line) for name, line in names)
@@ -133,23 +135,30 @@ def library_public_names() -> dict[str, str]:
     """Public name -> module that defines it, for course_lib.__all__ and every public submodule."""
     public = {name: "course_lib" for name in course_lib.__all__}
     package_dir = Path(course_lib.__path__[0])
-    for module in pkgutil.iter_modules(course_lib.__path__):
-        if module.name.startswith("_") or module.name in SKIPPED_MODULES:
+    for module in pkgutil.walk_packages(course_lib.__path__, prefix="course_lib."):
+        parts = module.name.split(".")[1:]
+        if any(part.startswith("_") for part in parts) or module.name in SKIPPED_MODULES:
             continue
-        path = package_dir / module.name / "__init__.py" if module.ispkg else package_dir / f"{module.name}.py"
+        path = (
+            package_dir.joinpath(*parts, "__init__.py")
+            if module.ispkg
+            else package_dir.joinpath(*parts[:-1], f"{parts[-1]}.py")
+        )
         if not path.exists():
             continue
         tree = ast.parse(path.read_text())
         names = {name for name, _ in top_level_names(path.read_text(), include_imports=False)}
         for node in tree.body:  # an explicit __all__ adds re-exported names
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
                 try:
                     names.update(ast.literal_eval(node.value))
                 except ValueError:
                     pass
         for name in names:
             if not name.startswith("_"):
-                public.setdefault(name, f"course_lib.{module.name}")
+                public.setdefault(name, module.name)
     return public
 
 
@@ -182,18 +191,20 @@ def magics(request, monkeypatch):
 
 def test_scanner_reports_every_way_of_rebinding_a_library_name(magics):
     notebook = make_notebook(
-        "%matplotlib inline\nimport torch\nfrom course_lib import dpo_loss, ipo_loss\nfrom course_lib.losses import rrhf_loss",
+        "%matplotlib inline\nimport torch\nfrom course_lib import dpo_loss, ipo_loss\n"
+        "from course_lib.maths.losses import rrhf_loss",
         "def sequence_logps(logits, labels):\n    token_logps = 1  # local: fine\n    return token_logps",
         "dpo_loss = lambda *args: 0.0",
         "for ipo_loss in range(2):\n    pass",
         "from torch.nn.functional import logsigmoid as hinge_loss\nimport numpy as kl_estimators",
-        "from course_lib.losses import ipo_loss as rrhf_scores",
+        "from course_lib.maths.losses import ipo_loss as rrhf_scores",
         "class PAIRWISE_LOSSES:\n    pass",
         "!ls\nx, (implicit_rewards, *rest) = 1, (2, 3)\nif True:\n    with open('f') as sequence_kl:\n        pass",
         "if (rrhf_loss_terms := 3):\n    pass\ntry:\n    pass\nexcept Exception as log_ratio_margin:\n    pass",
         "%%time\ntoken_logps = 0",
         "%%bash\necho default_device=1",
-        "my_dpo_loss = 1\nmy_ipo_loss = [ipo_loss for ipo_loss in range(3)]\nresult = dpo_loss(1)\nobj.dpo_loss = 2\nd['ipo_loss'] = 3",
+        "my_dpo_loss = 1\nmy_ipo_loss = [ipo_loss for ipo_loss in range(3)]\nresult = dpo_loss(1)\n"
+        "obj.dpo_loss = 2\nd['ipo_loss'] = 3",
     )
     found = {name for _, name, _ in notebook_bindings(notebook) if name in course_lib.__all__}
     assert found == {
@@ -218,7 +229,7 @@ def test_scanner_reports_every_way_of_rebinding_a_library_name(magics):
 
 def test_scanner_passes_a_clean_notebook(magics):
     notebook = make_notebook(
-        "import torch\nfrom course_lib import dpo_loss, sequence_logps\nfrom course_lib.losses import ipo_loss",
+        "import torch\nfrom course_lib import dpo_loss, sequence_logps\nfrom course_lib.maths.losses import ipo_loss",
         "def my_dpo_loss(h, beta):\n    dpo_loss = 1\n    return h\nmy_value = my_dpo_loss(1, 0.1)",
         "%matplotlib inline\n!echo ok\nresult = [sequence_logps for sequence_logps in range(2)]",
     )
@@ -228,7 +239,9 @@ def test_scanner_passes_a_clean_notebook(magics):
 def test_library_public_names_cover_all_and_submodules():
     public = library_public_names()
     assert set(course_lib.__all__) <= set(public)
-    assert "IGNORE_INDEX" in public and "check_logps" not in public  # _checks is private
+    assert "IGNORE_INDEX" in public and "check_logps" not in public  # maths.checks is skipped
+    assert public["train_rrhf"] == "course_lib.loop.training"  # the layers' modules are read too
+    assert public["check_dpo_loss"] == "course_lib.teaching.exercises"
     assert not any(name.startswith("_") for name in public)
     assert "torch" not in public and "F" not in public, "imports are not the library's names"
 

@@ -34,8 +34,8 @@ import pytest
 import torch
 
 from course_lib import compare
-from course_lib.batching import decode_response, encode_prompt, encode_prompt_response, is_word_level
-from course_lib.sampling import sample_responses
+from course_lib.toyworld.batching import decode_response, encode_prompt, encode_prompt_response, is_word_level
+from course_lib.toyworld.sampling import sample_responses
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT_TEMPLATE = (
@@ -59,7 +59,9 @@ def _train_bpe(special_tokens: list[str], vocab_size: int = 420):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     backend.train_from_iterator(texts, trainer)
@@ -71,12 +73,23 @@ def build_tiny_gpt2(folder: Path) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     eos = "<|endoftext|>"
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_train_bpe([eos]), eos_token=eos, bos_token=eos, unk_token=eos, pad_token=eos)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_bpe([eos]), eos_token=eos, bos_token=eos, unk_token=eos, pad_token=eos
+    )
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2, n_inner=64,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=128,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_inner=64,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -88,15 +101,26 @@ def build_tiny_llama(folder: Path) -> Path:
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_train_bpe(["<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"]),
-        bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=128,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -109,7 +133,8 @@ def toy_rows(split: str, n: int) -> list[dict]:
 
 
 def write_dataset(folder: Path, convert=lambda row: row) -> Path:
-    """A TRL-format preference folder (train.jsonl, test.jsonl) from the toy pairs, each row passed through ``convert``."""
+    """A TRL-format preference folder (train.jsonl, test.jsonl) from the toy pairs, each row passed through
+    ``convert``."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         with open(folder / f"{split}.jsonl", "w") as f:
@@ -129,14 +154,29 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def load(folder: Path):
-    from course_lib.models import load_model_and_tokenizer
+    from course_lib.toyworld.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer(folder)
 
 
 def compare_args(model: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
-    return ["--model", str(model), "--dataset", str(dataset), "--losses", "dpo", "ipo", "--steps", "5",
-            "--eval-samples", "16", "--out", str(out), "--no-progress", *extra]
+    return [
+        "--model",
+        str(model),
+        "--dataset",
+        str(dataset),
+        "--losses",
+        "dpo",
+        "ipo",
+        "--steps",
+        "5",
+        "--eval-samples",
+        "16",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -177,10 +217,14 @@ def test_labels_cover_the_response_and_eos_only(tiny, arch):
 def test_samples_decode_to_plain_text(tiny, arch):
     model, tokenizer = load(tiny[arch])
     prompts = ["this film is", "the music was", "the story was"]
-    responses = sample_responses(model, tokenizer, prompts, max_new_tokens=8, generator=torch.Generator().manual_seed(0))
+    responses = sample_responses(
+        model, tokenizer, prompts, max_new_tokens=8, generator=torch.Generator().manual_seed(0)
+    )
     assert len(responses) == 3 and all(isinstance(r, str) and r for r in responses)
     assert not any(special in r for r in responses for special in ("<|assistant|>", "</s>", "<|endoftext|>", "<pad>"))
-    assert decode_response(tokenizer, tokenizer(" so moving .", add_special_tokens=False)["input_ids"]) == " so moving ."
+    assert (
+        decode_response(tokenizer, tokenizer(" so moving .", add_special_tokens=False)["input_ids"]) == " so moving ."
+    )
 
 
 # ----------------------------------------------------------------------------- compare, end to end
@@ -192,8 +236,8 @@ class ForwardLog:
     """
 
     def __init__(self, monkeypatch):
-        import course_lib.evaluation as evaluation
-        import course_lib.models as models
+        import course_lib.loop.evaluation as evaluation
+        import course_lib.toyworld.models as models
 
         self.records: list[tuple[str, int, bool, bool]] = []
         self.widths: list[tuple[str, int, int, bool]] = []  # (kind, width, longest real row, grad enabled)
@@ -266,7 +310,13 @@ def test_forward_passes_never_exceed_the_training_batch(tiny, tmp_path, monkeypa
     argv[argv.index("--losses") + 1 : argv.index("--steps")] = ["ipo"]
     argv[argv.index("--steps") + 1] = "2"
     assert compare.main(argv) == 0
-    too_big = sorted({(kind, rows, "eval" if in_eval else "train/precompute") for kind, rows, _, in_eval in log.records if rows > 2 * batch_size})
+    too_big = sorted(
+        {
+            (kind, rows, "eval" if in_eval else "train/precompute")
+            for kind, rows, _, in_eval in log.records
+            if rows > 2 * batch_size
+        }
+    )
     assert not too_big, f"forward passes with more than 2 x --batch-size = {2 * batch_size} rows: {too_big}"
 
 
@@ -289,6 +339,7 @@ def conversational_implicit_prompt(row):
         "chosen": [user, {"role": "assistant", "content": row["chosen"].strip()}],
         "rejected": [user, {"role": "assistant", "content": row["rejected"].strip()}],
     }
+
 
 def test_without_a_test_split_the_evaluation_pairs_are_held_out(tmp_path):
     """A dataset folder with train.jsonl only: the pairs ``compare`` evaluates on must not be trained on."""
@@ -313,13 +364,22 @@ def test_implicit_prompts_split_like_trl_except_mid_word():
     for row in toy_rows("train", 300):
         implicit = implicit_prompt(row)
         ours, theirs = compare.standard_pair(dict(implicit)), extract_prompt(dict(implicit))
-        assert ours["prompt"] + ours["chosen"] == implicit["chosen"] and ours["prompt"] + ours["rejected"] == implicit["rejected"]
+        assert (
+            ours["prompt"] + ours["chosen"] == implicit["chosen"]
+            and ours["prompt"] + ours["rejected"] == implicit["rejected"]
+        )
         assert ours["chosen"].startswith(" ") and not ours["prompt"].endswith(" ")
         if theirs["chosen"].startswith(" "):
-            assert (ours["prompt"], ours["chosen"], ours["rejected"]) == (theirs["prompt"], theirs["chosen"], theirs["rejected"])
+            assert (ours["prompt"], ours["chosen"], ours["rejected"]) == (
+                theirs["prompt"],
+                theirs["chosen"],
+                theirs["rejected"],
+            )
             same += 1
         else:  # TRL cut inside a word; course_lib's prompt is TRL's up to its last space
-            assert theirs["prompt"].startswith(ours["prompt"]) and " " not in theirs["prompt"][len(ours["prompt"]) + 1 :]
+            assert (
+                theirs["prompt"].startswith(ours["prompt"]) and " " not in theirs["prompt"][len(ours["prompt"]) + 1 :]
+            )
             mid_word += 1
     assert same > 100 and mid_word > 10  # both cases occur in the toy data
 
@@ -333,11 +393,14 @@ def test_forward_passes_carry_no_all_padding_columns(tiny, tmp_path, monkeypatch
     others; the forward passes must not carry columns that are padding in every row. (The toy world,
     whose pairs all fit in ``training.FIXED_WIDTH_UP_TO`` tokens, pads to one width on purpose: see there.)
     """
-    import course_lib.training as training
+    import course_lib.loop.training as training
 
     monkeypatch.setattr(training, "FIXED_WIDTH_UP_TO", 16)  # this tiny data set counts as "long"
-    long_pair = {"prompt": "this film is", "chosen": " " + " ".join(["really great and quite moving"] * 8) + " .",
-                 "rejected": " dull ."}
+    long_pair = {
+        "prompt": "this film is",
+        "chosen": " " + " ".join(["really great and quite moving"] * 8) + " .",
+        "rejected": " dull .",
+    }
     dataset = write_dataset(tmp_path / "prefs", lambda row: row)
     rows = (dataset / "train.jsonl").read_text().splitlines()
     rows[5] = json.dumps(long_pair)
@@ -350,7 +413,9 @@ def test_forward_passes_carry_no_all_padding_columns(tiny, tmp_path, monkeypatch
     assert not padded, f"forward passes wider than their longest row (kind, width, longest row): {padded[:5]}"
 
 
-@pytest.mark.parametrize("convert", [implicit_prompt, conversational, conversational_implicit_prompt], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "convert", [implicit_prompt, conversational, conversational_implicit_prompt], ids=lambda f: f.__name__
+)
 def test_trl_preference_formats_load_and_train(tiny, tmp_path, convert):
     """TRL's preference type comes in four forms: standard or conversational, explicit or implicit prompt.
 
@@ -388,7 +453,7 @@ def test_pure_bf16_adam_drops_small_updates():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by scripts/gpu_check.sh)")
 def test_cuda_run_uses_bf16_compute_fp32_master_weights_and_releases_the_reference(tiny, tmp_path, monkeypatch):
-    import course_lib.training as training
+    import course_lib.loop.scoring as scoring
 
     log = ForwardLog(monkeypatch)
     seen = {}
@@ -406,4 +471,4 @@ def test_cuda_run_uses_bf16_compute_fp32_master_weights_and_releases_the_referen
     assert compare.main(argv) == 0
     assert seen["dtypes"] == {torch.float32}, "the policy's master weights must be fp32 (autocast does bf16)"
     assert not seen["reference_on_cuda"], "the reference must leave the GPU once its log-probs are precomputed"
-    assert training._autocast(torch.device("cuda")).fast_dtype == torch.bfloat16
+    assert scoring.autocast_for(torch.device("cuda")).fast_dtype == torch.bfloat16

@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 
-from course_lib.losses import rrhf_loss, rrhf_loss_terms
-from course_lib.rrhf_widgets import (
+from course_lib.maths.losses import rrhf_loss, rrhf_loss_terms
+from course_lib.teaching.widgets.rank_loss import (
     DEFAULT_LENGTHS,
     DEFAULT_REWARDS,
     DEFAULT_SCORES,
@@ -72,9 +72,14 @@ def test_gradient_closed_form_and_finite_differences(scores, rewards, lengths):
     assert state.grad_sft == pytest.approx([-0.5 * lengths[i] if i == best else 0.0 for i in range(len(scores))])
     eps = 1e-6
     for i in range(len(scores)):
-        up = list(scores); up[i] += eps
-        down = list(scores); down[i] -= eps
-        fd = (rank_loss_state(up, rewards, lengths, sft_weight=0.5).loss - rank_loss_state(down, rewards, lengths, sft_weight=0.5).loss) / (2 * eps)
+        up = list(scores)
+        up[i] += eps
+        down = list(scores)
+        down[i] -= eps
+        fd = (
+            rank_loss_state(up, rewards, lengths, sft_weight=0.5).loss
+            - rank_loss_state(down, rewards, lengths, sft_weight=0.5).loss
+        ) / (2 * eps)
         assert fd == pytest.approx(state.grad[i], abs=1e-5)
 
 

@@ -70,7 +70,9 @@ def test_stored_student_notebook_is_what_the_script_generates_now():
 def test_check_flag_passes_on_the_stored_file_and_fails_on_a_stale_one(tmp_path, capsys):
     assert make_student.main(["--check"]) == 0
     stale = tmp_path / "stale.ipynb"
-    stale.write_text(TARGET.read_text(encoding="utf-8").replace("YOUR CODE HERE", "YOUR CODE THERE", 1), encoding="utf-8")
+    stale.write_text(
+        TARGET.read_text(encoding="utf-8").replace("YOUR CODE HERE", "YOUR CODE THERE", 1), encoding="utf-8"
+    )
     assert make_student.main(["--check", "--target", str(stale)]) == 1
     assert "stale" in capsys.readouterr().out
     assert make_student.main(["--check", "--target", str(tmp_path / "missing.ipynb")]) == 1
@@ -103,7 +105,7 @@ def test_student_notebook_has_no_markers_no_solution_lines_no_answers(solution, 
     outside = make_student.make_student(solution)
     outside_lines = {line.strip() for cell in outside.cells for line in cell.source.split("\n")}
     leaked = []
-    for kind, lines in solution_blocks(solution):
+    for _kind, lines in solution_blocks(solution):
         for line in lines:
             text = line.strip()
             if len(text) > 3 and text not in outside_lines and text in student_text:
@@ -112,7 +114,8 @@ def test_student_notebook_has_no_markers_no_solution_lines_no_answers(solution, 
     n_blocks = len(solution_blocks(solution))
     stubs = sum(
         line.strip() == (make_student.CODE_STUB[0] if cell.cell_type == "code" else make_student.ANSWER_STUB)
-        for cell in student.cells for line in cell.source.split("\n")
+        for cell in student.cells
+        for line in cell.source.split("\n")
     )
     assert stubs == n_blocks
 
@@ -196,7 +199,7 @@ def stub_names(source):
 notebook = nbformat.read(sys.argv[1], as_version=4)
 losses_done = sys.argv[2] == "losses-done"  # put the library's losses in place of the learner's three loss stubs
 if losses_done:
-    from course_lib.losses import dpo_loss, ipo_loss, rrhf_loss
+    from course_lib.maths.losses import dpo_loss, ipo_loss, rrhf_loss
     done = {"my_dpo_loss": dpo_loss, "my_ipo_loss": ipo_loss, "my_rrhf_loss": rrhf_loss}
 namespace = {"__name__": "__main__"}
 printed = io.StringIO()
@@ -231,8 +234,12 @@ def run_student_notebook(mode):
     """Exec the student notebook's code cells in a subprocess; its printed text and how each stub behaves."""
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(TARGET), mode], cwd=ROOT / "notebooks", env=env,
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", _RUNNER, str(TARGET), mode],
+        cwd=ROOT / "notebooks",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, f"the student notebook raised ({mode}):\n{result.stderr[-3000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])

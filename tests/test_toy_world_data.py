@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib import data as D
-from course_lib.batching import encode_prompt_response
-from course_lib.build_data import build
-from course_lib.models import build_tokenizer, load_model_and_tokenizer
-from course_lib.sampling import sample_response_ids, sample_responses
-from course_lib.toy_task import PROMPTS, VOCAB, true_reward, true_rewards
+from course_lib.toyworld import data as D
+from course_lib.toyworld.batching import encode_prompt_response
+from course_lib.toyworld.build import build
+from course_lib.toyworld.models import build_tokenizer, load_model_and_tokenizer
+from course_lib.toyworld.sampling import sample_response_ids, sample_responses
+from course_lib.toyworld.task import PROMPTS, VOCAB, true_reward, true_rewards
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -147,8 +147,13 @@ def test_data_dir_honours_env(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad inputs
-GOOD = {"prompt": "the movie was", "chosen": " great .", "rejected": " dull .",
-        "chosen_reward": 1.0, "rejected_reward": -1.0}
+GOOD = {
+    "prompt": "the movie was",
+    "chosen": " great .",
+    "rejected": " dull .",
+    "chosen_reward": 1.0,
+    "rejected_reward": -1.0,
+}
 BAD_LINES = {
     "malformed JSON": '{"prompt": "the movie was", "chosen": ',
     "missing field": json.dumps({k: v for k, v in GOOD.items() if k != "rejected"}),
@@ -174,9 +179,11 @@ def test_bad_preference_line_names_file_and_line(data_copy, problem):
 def test_bad_ranking_lines(data_copy):
     path = data_copy / "rankings/test.jsonl"
     good = json.loads(path.read_text().splitlines()[1])
-    for bad, problem in [(dict(good, responses=good["responses"][:1] * 4), "not distinct"),
-                         (dict(good, rewards=good["rewards"][:2]), "same length"),
-                         ({"prompt": "the movie was"}, "missing field")]:
+    for bad, problem in [
+        (dict(good, responses=good["responses"][:1] * 4), "not distinct"),
+        (dict(good, rewards=good["rewards"][:2]), "same length"),
+        ({"prompt": "the movie was"}, "missing field"),
+    ]:
         _edit_line(path, 2, json.dumps(bad))
         with pytest.raises(ValueError, match=rf"test\.jsonl, line 2: .*{problem}"):
             D.load_rankings("test", data_dir=data_copy, verify=False)

@@ -1,4 +1,4 @@
-"""Tests of the training loops (``course_lib.training``) and held-out evaluation (``course_lib.evaluation``).
+"""Tests of the training loops (``course_lib.loop.training``) and held-out evaluation (``course_lib.loop.evaluation``).
 
 Everything runs on CPU, single-threaded, on small slices of the toy data; only
 ``test_dpo_margin_keeps_growing_ipo_margin_settles`` trains for a few hundred steps.
@@ -14,13 +14,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.data import load_preferences, load_rankings, load_sft_corpus
-from course_lib.evaluation import evaluate_policy, preference_accuracy
-from course_lib.losses import dpo_loss
-from course_lib.models import load_model_and_tokenizer
-from course_lib.training import History, train_preference, train_rrhf, train_sft
+from course_lib.loop.evaluation import evaluate_policy, preference_accuracy
+from course_lib.loop.training import History, train_preference, train_rrhf, train_sft
+from course_lib.maths.losses import dpo_loss
+from course_lib.toyworld.data import load_preferences, load_rankings, load_sft_corpus
+from course_lib.toyworld.models import load_model_and_tokenizer
 
-TRL_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+TRL_KEYS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
 EVAL_KEYS = ("preference_accuracy", "kl", "kl_stderr", "kl_k1", "kl_k3", "reward", "reward_stderr")
 
 
@@ -51,7 +58,17 @@ def _copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def _train(world, policy=None, **kwargs) -> History:
     """train_preference on the 200-pair slice with small defaults; keyword arguments override them."""
-    settings = dict(loss="dpo", beta=0.5, steps=3, batch_size=8, lr=1e-3, seed=0, device="cpu", tokenizer=world["tokenizer"], progress=False)
+    settings = dict(
+        loss="dpo",
+        beta=0.5,
+        steps=3,
+        batch_size=8,
+        lr=1e-3,
+        seed=0,
+        device="cpu",
+        tokenizer=world["tokenizer"],
+        progress=False,
+    )
     settings.update(kwargs)
     pairs = settings.pop("pairs", world["pairs"])
     policy = policy if policy is not None else _copy(world["reference"])
@@ -122,11 +139,20 @@ def test_step_one_accuracy_is_zero(world):
 
 
 def test_held_out_evaluation_every_n_steps(world):
-    history = _train(world, steps=4, eval_every=2, eval_pairs=world["test_pairs"][:16], eval_prompts=world["test_prompts"], eval_samples=8)
+    history = _train(
+        world,
+        steps=4,
+        eval_every=2,
+        eval_pairs=world["test_pairs"][:16],
+        eval_prompts=world["test_prompts"],
+        eval_samples=8,
+    )
     assert [e["step"] for e in history.evals] == [0, 2, 4]
     for e in history.evals:
         assert set(EVAL_KEYS) <= set(e) and all(e[k] is not None for k in EVAL_KEYS)
-    assert history.evals[0]["preference_accuracy"] == 0.0 and history.evals[0]["kl"] == 0.0  # step 0: policy == reference
+    assert (
+        history.evals[0]["preference_accuracy"] == 0.0 and history.evals[0]["kl"] == 0.0
+    )  # step 0: policy == reference
     odd = _train(world, steps=4, eval_every=3, eval_pairs=world["test_pairs"][:16], eval_prompts=None)
     assert [e["step"] for e in odd.evals] == [0, 3, 4]  # every 3 steps, and the last step
     assert all(e["kl"] is None and e["preference_accuracy"] is not None for e in odd.evals)
@@ -176,7 +202,7 @@ def test_one_policy_forward_per_step_covers_chosen_and_rejected(world):
     assert batches == [16, 16, 16, 16]  # one pass per step, 2 x batch_size rows (chosen then rejected)
 
 
-# ----------------------------------------------------------------------------- losses: names, callables, length normalisation
+# ------------------------------------------------------------------ losses: names, callables, length normalisation
 def test_learner_callable_gives_the_same_history_as_the_name(world):
     def my_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *, beta):
         h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
@@ -268,7 +294,7 @@ def test_keyboard_interrupt_returns_history_so_far(world):
     assert len(history) == 3 and history.column("step") == [1, 2, 3]
     assert policy.training is False
     assert all(torch.isfinite(p).all() and p.grad is None for p in policy.parameters())
-    ids = world["tokenizer"].convert_tokens_to_ids("this film is great".split())
+    ids = world["tokenizer"].convert_tokens_to_ids(["this", "film", "is", "great"])
     with torch.no_grad():
         logits = policy(input_ids=torch.tensor([ids])).logits
     assert logits.shape[:2] == (1, len(ids)) and torch.isfinite(logits).all()
@@ -298,8 +324,19 @@ def test_word_outside_vocabulary_is_named(world):
 # ----------------------------------------------------------------------------- RRHF and SFT
 def test_train_rrhf_without_reference(world):
     policy = _copy(world["reference"])
-    history = train_rrhf(policy, world["rankings"], steps=3, batch_size=4, lr=1e-3, sft_weight=0.5, seed=0, device="cpu",
-                         tokenizer=world["tokenizer"], reference=None, progress=False)
+    history = train_rrhf(
+        policy,
+        world["rankings"],
+        steps=3,
+        batch_size=4,
+        lr=1e-3,
+        sft_weight=0.5,
+        seed=0,
+        device="cpu",
+        tokenizer=world["tokenizer"],
+        reference=None,
+        progress=False,
+    )
     assert len(history) == 3 and history.column("step") == [1, 2, 3]
     for entry in history:
         assert {"loss", "rank_loss", "sft_loss", "logps/candidates", "logps/best", "ranking_accuracy"} <= set(entry)
@@ -315,8 +352,17 @@ def test_train_rrhf_rejects_empty_rankings(world):
 
 def test_train_sft_lowers_the_loss(world):
     examples = [{"prompt": e["prompt"], "response": e["completion"]} for e in load_sft_corpus()[:16]]
-    history = train_sft(_copy(world["reference"]), examples, steps=20, batch_size=16, lr=3e-3, seed=0, device="cpu",
-                        tokenizer=world["tokenizer"], progress=False)
+    history = train_sft(
+        _copy(world["reference"]),
+        examples,
+        steps=20,
+        batch_size=16,
+        lr=3e-3,
+        seed=0,
+        device="cpu",
+        tokenizer=world["tokenizer"],
+        progress=False,
+    )
     losses = history.column("loss")
     assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
     assert statistics.mean(losses[-5:]) < 0.8 * statistics.mean(losses[:5])
@@ -331,7 +377,14 @@ def test_preference_accuracy_is_zero_for_the_reference_itself(world, trained):
 
 def test_evaluate_policy_at_the_reference(world):
     reference = world["reference"]
-    result = evaluate_policy(_copy(reference), reference, world["tokenizer"], pairs=world["test_pairs"], prompts=world["test_prompts"], n_samples=32)
+    result = evaluate_policy(
+        _copy(reference),
+        reference,
+        world["tokenizer"],
+        pairs=world["test_pairs"],
+        prompts=world["test_prompts"],
+        n_samples=32,
+    )
     assert result["preference_accuracy"] == 0.0
     assert result["kl"] == 0.0 and result["kl_stderr"] == 0.0  # exact per-token KL of identical models
     assert result["kl_k1"] == 0.0 and result["kl_k3"] == 0.0
@@ -340,12 +393,21 @@ def test_evaluate_policy_at_the_reference(world):
 
 
 def test_evaluate_policy_after_training(world, trained):
-    result = evaluate_policy(trained, world["reference"], world["tokenizer"], pairs=world["test_pairs"], prompts=world["test_prompts"], n_samples=32)
+    result = evaluate_policy(
+        trained,
+        world["reference"],
+        world["tokenizer"],
+        pairs=world["test_pairs"],
+        prompts=world["test_prompts"],
+        n_samples=32,
+    )
     assert set(EVAL_KEYS) <= set(result)
     assert result["kl"] > 0.01 and result["kl_stderr"] > 0
     assert result["kl_k1"] is not None and result["kl_k3"] > 0  # k3 is non-negative per sample
     assert math.isfinite(result["reward"]) and result["reward_stderr"] > 0
-    again = evaluate_policy(trained, world["reference"], world["tokenizer"], prompts=world["test_prompts"], n_samples=32)
+    again = evaluate_policy(
+        trained, world["reference"], world["tokenizer"], prompts=world["test_prompts"], n_samples=32
+    )
     assert again["kl"] == result["kl"] and again["reward"] == result["reward"]  # sampling is seeded
     assert again["preference_accuracy"] is None
 
@@ -353,7 +415,14 @@ def test_evaluate_policy_after_training(world, trained):
 def test_evaluate_policy_without_data_returns_nones(world):
     result = evaluate_policy(world["reference"], world["reference"], world["tokenizer"], pairs=None, prompts=None)
     assert {k: result[k] for k in EVAL_KEYS} == dict.fromkeys(EVAL_KEYS)
-    no_reward = evaluate_policy(world["reference"], world["reference"], world["tokenizer"], prompts=world["test_prompts"][:4], n_samples=8, reward_fn=False)
+    no_reward = evaluate_policy(
+        world["reference"],
+        world["reference"],
+        world["tokenizer"],
+        prompts=world["test_prompts"][:4],
+        n_samples=8,
+        reward_fn=False,
+    )
     assert no_reward["reward"] is None and no_reward["reward_stderr"] is None and no_reward["kl"] == 0.0
 
 
@@ -367,12 +436,18 @@ def test_dpo_margin_keeps_growing_ipo_margin_settles(world):
     off and the mean margin settles below the target.
     """
     beta = 0.5
-    dpo = _train(world, loss="dpo", beta=beta, steps=300, batch_size=32, lr=1e-3, pairs=world["all_pairs"]).column("margin")
-    ipo = _train(world, loss="ipo", beta=beta, steps=200, batch_size=32, lr=3e-3, pairs=world["all_pairs"]).column("margin")
+    dpo = _train(world, loss="dpo", beta=beta, steps=300, batch_size=32, lr=1e-3, pairs=world["all_pairs"]).column(
+        "margin"
+    )
+    ipo = _train(world, loss="ipo", beta=beta, steps=200, batch_size=32, lr=3e-3, pairs=world["all_pairs"]).column(
+        "margin"
+    )
     dpo_early, dpo_late = statistics.mean(dpo[50:100]), statistics.mean(dpo[-50:])
     assert dpo_late > 1.5 * dpo_early, (dpo_early, dpo_late)
     target = 1 / (2 * beta)
     ratio = statistics.mean(ipo[-100:]) / target
     assert 0.5 < ratio < 1.05, ratio
-    assert abs(statistics.mean(ipo[-50:]) - statistics.mean(ipo[-100:-50])) < 0.05 * target, "IPO's margin is still growing"
+    assert abs(statistics.mean(ipo[-50:]) - statistics.mean(ipo[-100:-50])) < 0.05 * target, (
+        "IPO's margin is still growing"
+    )
     assert dpo_late > 3 * target  # DPO went far past the margin IPO aims for

@@ -12,11 +12,11 @@ Where the conventions differ (read from ``trl/trainer/dpo_trainer.py``, 1.16.0):
 
 - **Tokenization.** TRL joins ``prompt + chosen`` as *strings*, appends the eos token as a string, and
   tokenizes; the completion starts where the prompt's ids and the joined ids diverge. The toy data's
-  continuations start with a space, so this gives exactly ``course_lib.batching.encode_prompt_response``'s
+  continuations start with a space, so this gives exactly ``course_lib.toyworld.batching.encode_prompt_response``'s
   ids (checked below). A dataset whose continuations lack the space can differ at the boundary.
 - **Log-probs.** TRL sums per-token log-probs over the completion (eos included) for every loss; for
   ``loss_type="ipo"`` it divides the chosen and rejected log-ratios by their completion lengths *inside
-  the loss* only. ``course_lib.training.train_preference(length_normalize=True)`` does the same: the
+  the loss* only. ``course_lib.loop.training.train_preference(length_normalize=True)`` does the same: the
   loss sees averaged log-probs, the metrics see summed ones.
 - **Metrics for IPO.** ``rewards/chosen``, ``rewards/rejected`` and ``rewards/margins`` are
   ``beta * (summed log-ratio)`` whatever the loss: for IPO, ``rewards/margins / beta`` is NOT the margin
@@ -40,17 +40,24 @@ import torch
 
 pytest.importorskip("trl")
 
-from course_lib.batching import encode_prompt_response  # noqa: E402
-from course_lib.data import load_preferences  # noqa: E402
-from course_lib.losses import PAIRWISE_LOSSES, log_ratio_margin  # noqa: E402
-from course_lib.metrics import preference_metrics  # noqa: E402
-from course_lib.models import load_model_and_tokenizer  # noqa: E402
-from course_lib.training import pair_logps  # noqa: E402
+from course_lib.loop.scoring import pair_logps  # noqa: E402
+from course_lib.maths.losses import PAIRWISE_LOSSES, log_ratio_margin  # noqa: E402
+from course_lib.maths.metrics import preference_metrics  # noqa: E402
+from course_lib.toyworld.batching import encode_prompt_response  # noqa: E402
+from course_lib.toyworld.data import load_preferences  # noqa: E402
+from course_lib.toyworld.models import load_model_and_tokenizer  # noqa: E402
 
 N_PAIRS = 16  # one batch: TRL's shuffling cannot change which pairs it sees
 BETA = 0.5
 TRL_TO_COURSE = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge"}
-METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
 REL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
@@ -80,17 +87,32 @@ def run_trl_step(reference, policy, tokenizer, pairs, loss_type, out_dir, **over
 
     disable_progress_bar()
     config = dict(
-        output_dir=str(out_dir), learning_rate=0.0, max_steps=1, per_device_train_batch_size=len(pairs),
-        loss_type=loss_type, beta=BETA, report_to=[], logging_steps=1, save_strategy="no", use_cpu=True,
-        disable_dropout=True, bf16=False, gradient_checkpointing=False, disable_tqdm=True, seed=0,
+        output_dir=str(out_dir),
+        learning_rate=0.0,
+        max_steps=1,
+        per_device_train_batch_size=len(pairs),
+        loss_type=loss_type,
+        beta=BETA,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        disable_dropout=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        seed=0,
     )
     config.update(overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' gradient_checkpointing rename
         args = DPOConfig(**config)
         trainer = DPOTrainer(
-            model=copy.deepcopy(policy), ref_model=copy.deepcopy(reference), args=args,
-            train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
+            model=copy.deepcopy(policy),
+            ref_model=copy.deepcopy(reference),
+            args=args,
+            train_dataset=Dataset.from_list(pairs),
+            processing_class=tokenizer,
         )
         trainer.train()
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry and entry.get("step") == 1)
@@ -139,9 +161,15 @@ def test_dpo_trainer_step_matches_course_lib(toy, tmp_path, loss_type):
         assert abs(logged["rewards/margins"] / BETA - ours["margin"]) > 0.1
         # and an IPO loss on summed log-probs would not match TRL's logged loss
         pol, ref = pair_logps(policy, tokenizer, pairs), pair_logps(reference, tokenizer, pairs)
-        unnormalised = PAIRWISE_LOSSES["ipo"](pol["chosen_logps"], pol["rejected_logps"], ref["chosen_logps"],
-                                              ref["rejected_logps"], beta=BETA).mean().item()
+        unnormalised = (
+            PAIRWISE_LOSSES["ipo"](
+                pol["chosen_logps"], pol["rejected_logps"], ref["chosen_logps"], ref["rejected_logps"], beta=BETA
+            )
+            .mean()
+            .item()
+        )
         assert abs(unnormalised - logged["loss"]) > 0.1 * logged["loss"]
+
 
 def test_precomputed_reference_logps_give_the_same_step(toy, tmp_path):
     """``precompute_ref_log_probs=True`` (course_lib always precomputes) changes nothing in the numbers."""
@@ -163,7 +191,16 @@ def test_trl_ignores_label_smoothing_for_sigmoid(toy, tmp_path):
     smoothed, _ = run_trl_step(reference, policy, tokenizer, pairs, "sigmoid", tmp_path, label_smoothing=0.1)
     assert smoothed["loss"] == approx(plain["loss"])
     pol, ref = pair_logps(policy, tokenizer, pairs), pair_logps(reference, tokenizer, pairs)
-    cdpo = PAIRWISE_LOSSES["dpo"](pol["chosen_logps"], pol["rejected_logps"], ref["chosen_logps"], ref["rejected_logps"],
-                                  beta=BETA, label_smoothing=0.1).mean().item()
+    cdpo = (
+        PAIRWISE_LOSSES["dpo"](
+            pol["chosen_logps"],
+            pol["rejected_logps"],
+            ref["chosen_logps"],
+            ref["rejected_logps"],
+            beta=BETA,
+            label_smoothing=0.1,
+        )
+        .mean()
+        .item()
+    )
     assert abs(cdpo - plain["loss"]) > 1e-3
-

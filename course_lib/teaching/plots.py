@@ -21,7 +21,9 @@ def run_label(run: dict) -> str:
     return run["loss"] if run.get("beta") is None else f"{run['loss']} (beta={run['beta']:g})"
 
 
-def plot_over_steps(runs: list[dict], key: str, *, ax=None, ylabel: str | None = None, target_lines: dict | None = None):
+def plot_over_steps(
+    runs: list[dict], key: str, *, ax=None, ylabel: str | None = None, target_lines: dict | None = None
+):
     """Plot ``history[key]`` over steps for each run that logs it; returns the axes."""
     ax = ax or plt.subplots(figsize=(5, 3.2))[1]
     for run in runs:
@@ -43,7 +45,15 @@ def plot_eval_over_steps(runs: list[dict], key: str, *, ax=None, ylabel: str | N
         points = [e for e in run.get("evals", []) if e.get(key) is not None]
         if points:
             errors = [e.get(f"{key}_stderr") or 0.0 for e in points]
-            ax.errorbar([e["step"] for e in points], [e[key] for e in points], yerr=errors, marker="o", ms=3, capsize=2, label=run_label(run))
+            ax.errorbar(
+                [e["step"] for e in points],
+                [e[key] for e in points],
+                yerr=errors,
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=run_label(run),
+            )
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel or key)
     _legend(ax)
@@ -67,8 +77,16 @@ def plot_comparison(results: dict, out: Path) -> list[str]:
     """Write margin_and_kl.png and reward_vs_kl.png for ``compare``; returns the file names."""
     runs = results["runs"]
     fig, (ax_margin, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.5))
-    targets = {f"IPO target 1/(2 beta) = {1 / (2 * r['beta']):g}": 1 / (2 * r["beta"]) for r in runs if r["loss"] == "ipo"}
-    plot_over_steps([r for r in runs if r["loss"] != "rrhf"], "margin", ax=ax_margin, ylabel="mean margin h (as the loss sees it)", target_lines=targets)
+    targets = {
+        f"IPO target 1/(2 beta) = {1 / (2 * r['beta']):g}": 1 / (2 * r["beta"]) for r in runs if r["loss"] == "ipo"
+    }
+    plot_over_steps(
+        [r for r in runs if r["loss"] != "rrhf"],
+        "margin",
+        ax=ax_margin,
+        ylabel="mean margin h (as the loss sees it)",
+        target_lines=targets,
+    )
     plot_eval_over_steps(runs, "kl", ax=ax_kl, ylabel="KL from reference (nats)")
     fig.tight_layout()
     fig.savefig(out / "margin_and_kl.png", dpi=100)

@@ -16,17 +16,16 @@ optimiser, a progress bar, a per-step history, held-out evaluation, and safe fai
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .batching import encode_prompt_response
+from ..maths.losses import PAIRWISE_LOSSES, log_ratio_margin, rrhf_loss_terms
+from ..maths.metrics import preference_metrics
+from ..toyworld.batching import encode_prompt_response
 from .device import default_device
-from .logprobs import token_logps
-from .losses import PAIRWISE_LOSSES, log_ratio_margin, rrhf_loss_terms
-from .metrics import preference_metrics
+from .scoring import borrowed, response_logps
 
 PairwiseLoss = Callable[..., torch.Tensor]
 FIXED_WIDTH_UP_TO = 64  # tokens: pad every preference batch to the data set's longest pair up to this
@@ -59,74 +58,10 @@ def resolve_loss(loss: str | PairwiseLoss) -> PairwiseLoss:
 def _resolve_tokenizer_and_device(tokenizer, device):
     """The toy tokenizer when none is given; ``default_device()`` when no device is given."""
     if tokenizer is None:
-        from .models import load_model_and_tokenizer
+        from ..toyworld.models import load_model_and_tokenizer
 
         tokenizer = load_model_and_tokenizer()[1]
     return tokenizer, torch.device(device) if device is not None else default_device()
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@contextlib.contextmanager
-def _borrowed(model: torch.nn.Module, device: torch.device):
-    """On CUDA, bring a released model to the GPU for an evaluation and send it back to the CPU after."""
-    if device.type != "cuda":
-        yield model
-        return
-    model.to(device)
-    try:
-        yield model
-    finally:
-        model.to("cpu")
-        torch.cuda.empty_cache()
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
-def response_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs and response lengths for an encoded batch: ``(logps (N,), lengths (N,))``.
-
-    ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` of shape (N, T) (see
-    :func:`course_lib.batching.encode_prompt_response`). Log-probs are fp32. ``trim`` drops columns
-    that are padding in every row; ``trim=False`` keeps the width fixed, so that a sequence gets
-    bit-identical log-probs in any batch (the trainer relies on this: at step 1 the policy's h is
-    exactly 0).
-    """
-    device = _model_device(model)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    width = int(batch["attention_mask"].sum(-1).max()) if trim else batch["input_ids"].shape[1]
-    with _autocast(device):
-        logits = model(input_ids=batch["input_ids"][:, :width], attention_mask=batch["attention_mask"][:, :width]).logits
-    labels = batch["labels"][:, :width]
-    logps = token_logps(logits.float(), labels).sum(-1)  # (N,)
-    lengths = (labels[:, 1:] != -100).sum(-1)  # (N,)
-    return logps, lengths
-
-
-@torch.no_grad()
-def pair_logps(model, tokenizer, pairs: list[dict], *, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Summed log-probs and lengths of every pair's chosen and rejected response, on CPU.
-
-    Returns ``{"chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths"}``, each (N,).
-    """
-    out = {"chosen_logps": [], "rejected_logps": [], "chosen_lengths": [], "rejected_lengths": []}
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        prompts = [p["prompt"] for p in chunk]
-        both = encode_prompt_response(tokenizer, prompts + prompts, [p["chosen"] for p in chunk] + [p["rejected"] for p in chunk])
-        logps, lengths = response_logps(model, both)
-        n = len(chunk)
-        out["chosen_logps"].append(logps[:n].cpu())
-        out["rejected_logps"].append(logps[n:].cpu())
-        out["chosen_lengths"].append(lengths[:n].cpu())
-        out["rejected_lengths"].append(lengths[n:].cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, eval_fn=None, eval_every=None) -> History:
@@ -214,7 +149,7 @@ def train_preference(
         policy, reference: causal LMs with the same tokenizer (the policy usually starts as a copy).
         pairs: dicts with "prompt", "chosen", "rejected" strings.
         loss: "dpo", "ipo", "hinge", or a callable with the library losses' signature.
-        eval_pairs / eval_prompts / eval_every: held-out evaluation (see ``course_lib.evaluation``)
+        eval_pairs / eval_prompts / eval_every: held-out evaluation (see ``course_lib.loop.evaluation``)
             every ``eval_every`` steps, stored in ``history.evals``; ``eval_reward_fn`` scores samples
             (default: the toy task's true reward; ``False`` skips it).
         loss_kwargs: extra keywords for the loss, e.g. ``{"label_smoothing": 0.1}`` for cDPO.
@@ -238,11 +173,18 @@ def train_preference(
     # log-probs equal the precomputed reference's bit for bit. Long data (real models): trim each batch
     # to its longest row, for memory; h at step 1 is then 0 only up to float round-off.
     trim = width > FIXED_WIDTH_UP_TO
-    both = {k: torch.cat([_pad_to(chosen[k], width, k, tokenizer), _pad_to(rejected[k], width, k, tokenizer)]) for k in chosen}
+    both = {
+        k: torch.cat([_pad_to(chosen[k], width, k, tokenizer), _pad_to(rejected[k], width, k, tokenizer)])
+        for k in chosen
+    }
     n = len(pairs)
     with torch.no_grad():  # reference log-probs, once, on the same fixed-width rows the policy sees
-        ref_logps = torch.cat([response_logps(reference, {k: v[rows] for k, v in both.items()}, trim=trim)[0].cpu()
-                               for rows in torch.arange(2 * n).split(2 * batch_size)])
+        ref_logps = torch.cat(
+            [
+                response_logps(reference, {k: v[rows] for k, v in both.items()}, trim=trim)[0].cpu()
+                for rows in torch.arange(2 * n).split(2 * batch_size)
+            ]
+        )
     ref = {"chosen_logps": ref_logps[:n], "rejected_logps": ref_logps[n:]}
     if device.type == "cuda":  # release the reference: training needs only its log-probs
         reference.to("cpu")
@@ -254,10 +196,20 @@ def train_preference(
         batch = {k: v[torch.cat([idx, idx + n])] for k, v in both.items()}
         logps, lengths = response_logps(policy, batch, trim=trim)  # (2b,)
         b = len(idx)
-        summed = {"pc": logps[:b], "pr": logps[b:], "rc": ref["chosen_logps"][idx].to(logps.device), "rr": ref["rejected_logps"][idx].to(logps.device)}
+        summed = {
+            "pc": logps[:b],
+            "pr": logps[b:],
+            "rc": ref["chosen_logps"][idx].to(logps.device),
+            "rr": ref["rejected_logps"][idx].to(logps.device),
+        }
         if length_normalize:
             len_c, len_r = lengths[:b].to(logps.dtype), lengths[b:].to(logps.dtype)
-            seen = {"pc": summed["pc"] / len_c, "pr": summed["pr"] / len_r, "rc": summed["rc"] / len_c, "rr": summed["rr"] / len_r}
+            seen = {
+                "pc": summed["pc"] / len_c,
+                "pr": summed["pr"] / len_r,
+                "rc": summed["rc"] / len_c,
+                "rr": summed["rr"] / len_r,
+            }
         else:
             seen = summed
         per_pair = loss_fn(seen["pc"], seen["pr"], seen["rc"], seen["rr"], beta=beta, **extra)
@@ -275,14 +227,33 @@ def train_preference(
         from .evaluation import evaluate_policy
 
         def eval_fn():
-            with _borrowed(reference, device):
+            with borrowed(reference, device):
                 return evaluate_policy(
-                    policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples,
-                    seed=seed, reward_fn=eval_reward_fn, with_samples=False, batch_size=batch_size,
+                    policy,
+                    reference,
+                    tokenizer,
+                    pairs=eval_pairs,
+                    prompts=eval_prompts,
+                    n_samples=eval_samples,
+                    seed=seed,
+                    reward_fn=eval_reward_fn,
+                    with_samples=False,
+                    batch_size=batch_size,
                 )
 
     name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom loss")
-    return _run(policy, steps=steps, lr=lr, seed=seed, device=device, progress=progress, desc=f"{name} (beta={beta})", step_fn=step_fn, eval_fn=eval_fn, eval_every=eval_every)
+    return _run(
+        policy,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+        desc=f"{name} (beta={beta})",
+        step_fn=step_fn,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+    )
 
 
 def _pad_to(tensor: torch.Tensor, width: int, key: str, tokenizer) -> torch.Tensor:
@@ -332,7 +303,9 @@ def train_rrhf(
     if any(len(r["responses"]) != k or len(r["rewards"]) != k for r in rankings):
         raise ValueError("every ranking must have the same number K of responses and rewards")
     tokenizer, device = _resolve_tokenizer_and_device(tokenizer, device)
-    encoded = encode_prompt_response(tokenizer, [r["prompt"] for r in rankings for _ in range(k)], [y for r in rankings for y in r["responses"]])
+    encoded = encode_prompt_response(
+        tokenizer, [r["prompt"] for r in rankings for _ in range(k)], [y for r in rankings for y in r["responses"]]
+    )
     rewards = torch.tensor([r["rewards"] for r in rankings], dtype=torch.float32)  # (N, K)
     n = len(rankings)
 
@@ -343,7 +316,9 @@ def train_rrhf(
         candidate_logps = logps.view(-1, k)  # (b, K)
         candidate_lengths = lengths.view(-1, k)
         candidate_rewards = rewards[idx].to(logps.device)
-        rank, sft = rrhf_loss_terms(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty)
+        rank, sft = rrhf_loss_terms(
+            candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty
+        )
         with torch.no_grad():
             scores = candidate_logps / candidate_lengths.to(logps.dtype) ** length_penalty
             ordered = candidate_rewards.unsqueeze(2) < candidate_rewards.unsqueeze(1)  # (b, K, K)
@@ -362,13 +337,32 @@ def train_rrhf(
         from .evaluation import evaluate_policy
 
         def eval_fn():
-            with _borrowed(reference, device):
+            with borrowed(reference, device):
                 return evaluate_policy(
-                    policy, reference, tokenizer, pairs=eval_pairs, prompts=eval_prompts, n_samples=eval_samples, seed=seed,
-                    reward_fn=eval_reward_fn, with_samples=False, batch_size=batch_size * k // 2,
+                    policy,
+                    reference,
+                    tokenizer,
+                    pairs=eval_pairs,
+                    prompts=eval_prompts,
+                    n_samples=eval_samples,
+                    seed=seed,
+                    reward_fn=eval_reward_fn,
+                    with_samples=False,
+                    batch_size=batch_size * k // 2,
                 )
 
-    return _run(policy, steps=steps, lr=lr, seed=seed, device=device, progress=progress, desc="rrhf", step_fn=step_fn, eval_fn=eval_fn, eval_every=eval_every)
+    return _run(
+        policy,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+        desc="rrhf",
+        step_fn=step_fn,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+    )
 
 
 def train_sft(

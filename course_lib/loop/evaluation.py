@@ -4,7 +4,7 @@
   for the chosen response, i.e. h > 0 with summed log-probs (TRL's ``rewards/accuracies``); it reads 0
   when the policy equals the reference.
 - **KL(pi || pi_ref)**: sample y ~ pi for held-out prompts and sum the exact per-token KL along each
-  sample (``course_lib.kl.sequence_kl``): unbiased and low-variance. Schulman's k1 and k3 estimates
+  sample (``course_lib.maths.kl.sequence_kl``): unbiased and low-variance. Schulman's k1 and k3 estimates
   from the same samples are reported beside it.
 - **True reward**: the toy task's closed-form reward of the same samples (the DPO paper's
   reward-versus-KL view).
@@ -16,11 +16,11 @@ import math
 
 import torch
 
-from .batching import encode_prompt_response
-from .kl import kl_estimators, sequence_kl
-from .logprobs import sequence_logps
-from .sampling import sample_responses
-from .training import _autocast, _model_device, pair_logps
+from ..maths.kl import kl_estimators, sequence_kl
+from ..maths.logprobs import sequence_logps
+from ..toyworld.batching import encode_prompt_response
+from ..toyworld.sampling import sample_responses
+from .scoring import autocast_for, model_device, pair_logps
 
 
 def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -30,41 +30,63 @@ def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def preference_accuracy(policy, reference, tokenizer, pairs: list[dict], *, ref_logps: dict | None = None, batch_size: int = 128) -> float:
+def preference_accuracy(
+    policy, reference, tokenizer, pairs: list[dict], *, ref_logps: dict | None = None, batch_size: int = 128
+) -> float:
     """Fraction of pairs with h > 0 (summed log-probs; strict, so ties count as wrong).
 
     Forward passes see at most ``2 * batch_size`` sequences.
     """
     policy_logps = pair_logps(policy, tokenizer, pairs, batch_size=batch_size)
     ref_logps = ref_logps if ref_logps is not None else pair_logps(reference, tokenizer, pairs, batch_size=batch_size)
-    h = (policy_logps["chosen_logps"] - ref_logps["chosen_logps"]) - (policy_logps["rejected_logps"] - ref_logps["rejected_logps"])
+    h = (policy_logps["chosen_logps"] - ref_logps["chosen_logps"]) - (
+        policy_logps["rejected_logps"] - ref_logps["rejected_logps"]
+    )
     return (h > 0).float().mean().item()
 
 
 @torch.no_grad()
-def sample_kl(policy, reference, tokenizer, prompts: list, *, generator: torch.Generator, max_new_tokens: int = 12, batch_size: int = 256) -> dict:
+def sample_kl(
+    policy,
+    reference,
+    tokenizer,
+    prompts: list,
+    *,
+    generator: torch.Generator,
+    max_new_tokens: int = 12,
+    batch_size: int = 256,
+) -> dict:
     """Sample one response per prompt from the policy; per-sample exact KL, k1, k3 and the samples.
 
     Forward passes see at most ``batch_size`` sequences.
     Returns ``{"responses": [str]*N, "kl": (N,), "k1": (N,), "k3": (N,)}`` (tensors on CPU, fp32).
     """
-    responses = sample_responses(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, generator=generator, batch_size=batch_size)
-    parts = [_chunk_kl(policy, reference, tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size])
-             for i in range(0, len(prompts), batch_size)]
+    responses = sample_responses(
+        policy, tokenizer, prompts, max_new_tokens=max_new_tokens, generator=generator, batch_size=batch_size
+    )
+    parts = [
+        _chunk_kl(policy, reference, tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size])
+        for i in range(0, len(prompts), batch_size)
+    ]
     return {"responses": responses, **{k: torch.cat([part[k] for part in parts]) for k in ("kl", "k1", "k3")}}
 
 
 def _chunk_kl(policy, reference, tokenizer, prompts: list, responses: list[str]) -> dict:
     """Exact KL, k1 and k3 of one chunk of (prompt, sampled response) pairs, on CPU."""
-    batch = {k: v.to(_model_device(policy)) for k, v in encode_prompt_response(tokenizer, prompts, responses).items()}
-    with _autocast(_model_device(policy)):
+    batch = {k: v.to(model_device(policy)) for k, v in encode_prompt_response(tokenizer, prompts, responses).items()}
+    with autocast_for(model_device(policy)):
         policy_logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    reference_device = _model_device(reference)
-    with _autocast(reference_device):
-        ref_logits = reference(input_ids=batch["input_ids"].to(reference_device), attention_mask=batch["attention_mask"].to(reference_device)).logits.float()
+    reference_device = model_device(reference)
+    with autocast_for(reference_device):
+        ref_logits = reference(
+            input_ids=batch["input_ids"].to(reference_device),
+            attention_mask=batch["attention_mask"].to(reference_device),
+        ).logits.float()
     ref_logits = ref_logits.to(policy_logits.device)
     exact = sequence_kl(policy_logits, ref_logits, batch["labels"])
-    estimates = kl_estimators(sequence_logps(policy_logits, batch["labels"]), sequence_logps(ref_logits, batch["labels"]))
+    estimates = kl_estimators(
+        sequence_logps(policy_logits, batch["labels"]), sequence_logps(ref_logits, batch["labels"])
+    )
     return {"kl": exact.cpu(), "k1": estimates["k1"].cpu(), "k3": estimates["k3"].cpu()}
 
 
@@ -98,22 +120,34 @@ def evaluate_policy(
         samples); ``reward``, ``reward_stderr``; and, if ``with_samples``, ``samples``: a few
         (prompt, response) pairs. Missing inputs give ``None`` for their entries.
     """
-    result = {"preference_accuracy": None, "kl": None, "kl_stderr": None, "kl_k1": None, "kl_k3": None, "reward": None, "reward_stderr": None}
+    result = {
+        "preference_accuracy": None,
+        "kl": None,
+        "kl_stderr": None,
+        "kl_k1": None,
+        "kl_k3": None,
+        "reward": None,
+        "reward_stderr": None,
+    }
     if pairs:
         result["preference_accuracy"] = preference_accuracy(policy, reference, tokenizer, pairs, batch_size=batch_size)
     if prompts:
         chosen_prompts = [prompts[i % len(prompts)] for i in range(n_samples)]
         generator = torch.Generator().manual_seed(seed)
-        sampled = sample_kl(policy, reference, tokenizer, chosen_prompts, generator=generator, batch_size=2 * batch_size)
+        sampled = sample_kl(
+            policy, reference, tokenizer, chosen_prompts, generator=generator, batch_size=2 * batch_size
+        )
         result["kl"], result["kl_stderr"] = _mean_stderr(sampled["kl"])
         result["kl_k1"] = sampled["k1"].double().mean().item()
         result["kl_k3"] = sampled["k3"].double().mean().item()
         if reward_fn is None:
-            from .toy_task import true_rewards
+            from ..toyworld.task import true_rewards
 
             reward_fn = true_rewards
         if reward_fn is not False:
             result["reward"], result["reward_stderr"] = _mean_stderr(torch.as_tensor(reward_fn(sampled["responses"])))
         if with_samples:
-            result["samples"] = [{"prompt": p, "response": r} for p, r in zip(chosen_prompts[:n_shown], sampled["responses"][:n_shown])]
+            result["samples"] = [
+                {"prompt": p, "response": r} for p, r in zip(chosen_prompts[:n_shown], sampled["responses"][:n_shown])
+            ]
     return result

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.batching import decode_response, encode_prompt, encode_prompt_response
+from .batching import decode_response, encode_prompt, encode_prompt_response
 
 
 @torch.no_grad()
-def _sample_ids(model, prompt_ids: list[list[int]], max_new_tokens, temperature, generator, min_new_tokens,
-                pad: int, eos: int, banned: list[int]) -> list[list[int]]:
+def _sample_ids(
+    model,
+    prompt_ids: list[list[int]],
+    max_new_tokens,
+    temperature,
+    generator,
+    min_new_tokens,
+    pad: int,
+    eos: int,
+    banned: list[int],
+) -> list[list[int]]:
     """Samples response ids for B prompts of EQUAL length; returns B lists of ids (without <eos>).
 
     Equal lengths mean no padding, so the key/value cache can be reused step after step.
@@ -92,8 +101,15 @@ def sample_responses(
         for rows in by_length.values():
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                ids = _sample_ids(model, [prompt_ids[i] for i in chunk], max_new_tokens, temperature, generator,
-                                  min_new_tokens, **special_ids)
+                ids = _sample_ids(
+                    model,
+                    [prompt_ids[i] for i in chunk],
+                    max_new_tokens,
+                    temperature,
+                    generator,
+                    min_new_tokens,
+                    **special_ids,
+                )
                 for i, r in zip(chunk, ids):
                     responses[i] = r
     finally:
@@ -120,8 +136,16 @@ def sample_response_ids(
     live on the model's device; ``attention_mask = input_ids != tokenizer.pad_token_id``.
     To get the strings too, call ``sample_responses`` and ``encode_prompt_response``.
     """
-    responses = sample_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                 generator=generator, min_new_tokens=min_new_tokens, batch_size=batch_size)
+    responses = sample_responses(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        generator=generator,
+        min_new_tokens=min_new_tokens,
+        batch_size=batch_size,
+    )
     batch = encode_prompt_response(tokenizer, prompts, responses)
     device = next(model.parameters()).device
     return batch["input_ids"].to(device), batch["labels"].to(device)

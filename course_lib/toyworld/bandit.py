@@ -1,13 +1,14 @@
-"""The IPO paper's toy bandit (Azar et al. 2023, arXiv:2310.12036, Sec. 5.4).
+"""The IPO paper's toy bandit world (Azar et al. 2023, arXiv:2310.12036, Sec. 5.4): training and the stored sweep.
 
 A "response" is one of ``n`` actions and there is no prompt. The policy is ``pi = softmax(theta)``,
 ``theta`` in R^n, initialised at ``theta = log pi_ref`` so that training starts at the reference.
 For a preference pair (w, l) the log-probs of the two "responses" are ``log pi(w)`` and ``log pi(l)``,
 so the margin is ``h = [log pi(w) - log pi_ref(w)] - [log pi(l) - log pi_ref(l)]`` and the library's
-losses (:mod:`course_lib.losses`) apply unchanged: the maths stays in one place.
+losses (:mod:`course_lib.maths.losses`) apply unchanged: the maths stays in one place.
 
 Everything here is exact: no sampling of responses, and the KL from the reference is a sum over the
-``n`` actions (:func:`bandit_kl`).
+``n`` actions (:func:`course_lib.maths.bandit.bandit_kl`). The closed forms (KL, IPO's optimum) live in
+:mod:`course_lib.maths.bandit`; this module trains on the bandit and stores the sweep.
 """
 
 from collections.abc import Callable, Sequence
@@ -15,54 +16,14 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_positive
-from .losses import PAIRWISE_LOSSES
+from ..maths.bandit import bandit_ref_logps, check_preferences
+from ..maths.checks import check_positive
+from ..maths.losses import PAIRWISE_LOSSES
 
 #: The IPO paper's dataset D1 = {(a, b), (b, c), (a, c)} with a, b, c = 0, 1, 2: a total order a > b > c.
 D1 = ((0, 1), (1, 2), (0, 2))
 
 LossArg = str | Callable[..., torch.Tensor]
-
-
-def _check_preferences(preferences, n_actions: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Validate ``preferences`` (a non-empty list of (winner, loser) index pairs).
-
-    Returns (winners (P,), losers (P,), n_actions)."""
-    try:
-        pairs = [(int(w), int(l)) for w, l in preferences]
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"preferences must be a list of (winner, loser) action-index pairs, got {preferences!r}"
-        ) from None
-    if not pairs:
-        raise ValueError("preferences must hold at least one (winner, loser) pair, got an empty list")
-    for w, l in pairs:
-        if w < 0 or l < 0:
-            raise ValueError(f"preferences must hold non-negative action indices, got ({w}, {l})")
-        if w == l:
-            raise ValueError(f"preferences: a pair must compare two different actions, got ({w}, {l})")
-    highest = max(max(p) for p in pairs)
-    if n_actions is None:
-        n_actions = highest + 1
-    elif highest >= n_actions:
-        raise ValueError(f"preferences use action {highest}, but ref_probs has only {n_actions} actions")
-    winners = torch.tensor([w for w, _ in pairs])
-    losers = torch.tensor([l for _, l in pairs])
-    return winners, losers, n_actions
-
-
-def _ref_logps(ref_probs, n_actions: int | None) -> tuple[torch.Tensor, int]:
-    """Reference log-probs (n,), uniform when ``ref_probs`` is None."""
-    if ref_probs is None:
-        if n_actions is None:
-            raise ValueError("n_actions is needed when ref_probs is None")
-        return torch.full((n_actions,), -torch.log(torch.tensor(float(n_actions))).item()), n_actions
-    ref = torch.as_tensor(ref_probs, dtype=torch.float32)
-    if ref.dim() != 1 or ref.numel() < 2:
-        raise ValueError(f"ref_probs must be a 1-D tensor of n >= 2 probabilities, got shape {tuple(ref.shape)}")
-    if bool((ref <= 0).any()) or abs(float(ref.sum()) - 1.0) > 1e-4:
-        raise ValueError(f"ref_probs must be strictly positive and sum to 1, got {ref.tolist()}")
-    return ref.log(), ref.numel()
 
 
 def _resolve_loss(loss: LossArg) -> Callable[..., torch.Tensor]:
@@ -71,23 +32,6 @@ def _resolve_loss(loss: LossArg) -> Callable[..., torch.Tensor]:
     if isinstance(loss, str) and loss in PAIRWISE_LOSSES:
         return PAIRWISE_LOSSES[loss]
     raise ValueError(f"loss must be one of {sorted(PAIRWISE_LOSSES)} or a callable, got {loss!r}")
-
-
-def bandit_kl(probs: torch.Tensor, ref_probs=None) -> torch.Tensor:
-    """Exact ``KL(pi || pi_ref) = sum_a pi(a) log(pi(a) / pi_ref(a))`` over the last dim.
-
-    Args:
-        probs: (..., n) policy probabilities (e.g. the (steps, n) output of :func:`train_bandit`).
-        ref_probs: (n,) reference probabilities; None means uniform.
-    Returns:
-        (...,) the KL in nats (0 * log 0 counts as 0).
-    """
-    probs = torch.as_tensor(probs, dtype=torch.float32)
-    ref_logps, _ = _ref_logps(ref_probs, probs.shape[-1])
-    if ref_logps.numel() != probs.shape[-1]:
-        raise ValueError(f"probs has {probs.shape[-1]} actions but ref_probs has {ref_logps.numel()}")
-    terms = torch.xlogy(probs, probs) - probs * ref_logps  # (..., n)
-    return terms.sum(-1)
 
 
 def sample_pair_indices(n_pairs: int, *, steps: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -121,7 +65,7 @@ def train_bandit_sweep(
 
     Args:
         preferences: (winner, loser) action-index pairs, e.g. :data:`D1`.
-        losses: names in :data:`course_lib.losses.PAIRWISE_LOSSES` or callables
+        losses: names in :data:`course_lib.maths.losses.PAIRWISE_LOSSES` or callables
             ``fn(pc, pr, rc, rr, *, beta) -> (B,)``.
         betas: the KL coefficients (IPO's tau), each > 0.
         seeds: one run per seed.
@@ -145,14 +89,16 @@ def train_bandit_sweep(
         raise ValueError(f"record_every must be >= 1 and divide steps={steps}, got {record_every}")
     loss_fns = [_resolve_loss(loss) for loss in losses]
     ref_n = None if ref_probs is None else torch.as_tensor(ref_probs).numel()
-    winners, losers, n_actions = _check_preferences(preferences, ref_n)
-    ref_logps, n_actions = _ref_logps(ref_probs, n_actions)  # (n,)
+    winners, losers, n_actions = check_preferences(preferences, ref_n)
+    ref_logps, n_actions = bandit_ref_logps(ref_probs, n_actions)  # (n,)
 
     n_seeds = len(seeds)
     groups = [(fn, float(beta)) for fn in loss_fns for beta in betas]  # one block of n_seeds rows each
     n_configs = len(groups) * n_seeds
     # pair indices per configuration: (C, steps, B); configuration order is (loss, beta, seed)
-    per_seed = torch.stack([sample_pair_indices(len(winners), steps=steps, batch_size=batch_size, seed=s) for s in seeds])
+    per_seed = torch.stack(
+        [sample_pair_indices(len(winners), steps=steps, batch_size=batch_size, seed=s) for s in seeds]
+    )
     pair_idx = per_seed.repeat(len(groups), 1, 1).transpose(0, 1)  # (steps, C, B)
     winner_idx, loser_idx = winners[pair_idx], losers[pair_idx]  # (steps, C, B) action indices
     # per step, each block of n_seeds configurations is a contiguous (n_seeds * B,) slice
@@ -172,7 +118,11 @@ def train_bandit_sweep(
         for g, (loss_fn, beta) in enumerate(groups):
             rows = slice(g * block, (g + 1) * block)
             per_pair = loss_fn(
-                policy_chosen[rows], policy_rejected[rows], ref_chosen_all[t, rows], ref_rejected_all[t, rows], beta=beta
+                policy_chosen[rows],
+                policy_rejected[rows],
+                ref_chosen_all[t, rows],
+                ref_rejected_all[t, rows],
+                beta=beta,
             )  # (n_seeds * B,)
             total = total + per_pair.sum() / batch_size  # = sum over seeds of each run's batch mean
         optimizer.zero_grad(set_to_none=True)
@@ -210,59 +160,15 @@ def train_bandit(
         (steps, n_actions) probabilities; row t is the policy after update t + 1.
     """
     return train_bandit_sweep(
-        preferences, losses=[loss], betas=[beta], seeds=[seed], steps=steps, lr=lr, batch_size=batch_size, ref_probs=ref_probs
+        preferences,
+        losses=[loss],
+        betas=[beta],
+        seeds=[seed],
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        ref_probs=ref_probs,
     )[0, 0, 0]
-
-
-def ipo_bandit_optimum(preferences: Sequence[tuple[int, int]], *, beta: float, ref_probs=None) -> torch.Tensor:
-    """IPO's optimal policy on a bandit, in closed form.
-
-    With pairs drawn uniformly from ``preferences``, IPO's population loss (Azar et al. 2023, Eq. 17 in
-    expectation) is ``mean over pairs (w, l) of (u_w - u_l - 1/(2 beta))**2`` with
-    ``u_a = log pi(a) - log pi_ref(a)`` (the softmax normaliser cancels in each difference). It is a
-    least-squares problem on the comparison graph: ``A u = b`` with one row ``e_w - e_l`` per pair and
-    ``b = 1/(2 beta)``. ``u`` is fixed up to a constant (the gauge), which the softmax removes:
-    ``pi = softmax(log pi_ref + u)``. Repeated pairs weigh more, as they do when sampled.
-
-    For D1 = {(a,b), (b,c), (a,c)} and a uniform reference: ``u_a - u_b = u_b - u_c = 1/(3 beta)``.
-    For one pair (a, b): ``pi(a) = sigmoid(1/(2 beta))`` (Sec. 5.3.1).
-
-    Args:
-        preferences: (winner, loser) action-index pairs.
-        beta: tau > 0.
-        ref_probs: (n,) reference probabilities; None means uniform.
-    Returns:
-        (n_actions,) float32 probabilities.
-    Raises:
-        ValueError: if the comparison graph does not connect all n actions; then the optimum is not
-            unique (e.g. the paper's {(a,b), (b,a)} says nothing about c).
-    """
-    check_positive("beta", beta)
-    ref_n = None if ref_probs is None else torch.as_tensor(ref_probs).numel()
-    winners, losers, n_actions = _check_preferences(preferences, ref_n)
-    ref_logps, n_actions = _ref_logps(ref_probs, n_actions)
-    # connectivity of the comparison graph (union-find over the n actions)
-    parent = list(range(n_actions))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for w, l in zip(winners.tolist(), losers.tolist()):
-        parent[find(w)] = find(l)
-    if len({find(a) for a in range(n_actions)}) > 1:
-        raise ValueError(
-            "preferences must connect all actions for IPO's optimum to be unique; "
-            f"got {list(zip(winners.tolist(), losers.tolist()))} over {n_actions} actions"
-        )
-    incidence = torch.zeros(len(winners), n_actions, dtype=torch.float64)  # (P, n)
-    incidence[torch.arange(len(winners)), winners] = 1.0
-    incidence[torch.arange(len(winners)), losers] = -1.0
-    target = torch.full((len(winners), 1), 1.0 / (2.0 * beta), dtype=torch.float64)  # (P, 1)
-    u = (torch.linalg.pinv(incidence) @ target).squeeze(1)  # (n,) minimum-norm least squares
-    return (ref_logps.double() + u).softmax(-1).float()
 
 
 # ----------------------------------------------------------------------------- the stored D1 sweep
@@ -289,7 +195,7 @@ def build_d1_sweep(path: str | Path | None = None) -> Path:
     """Train :data:`D1_SWEEP` with :func:`train_bandit_sweep` and save it (a few minutes on 2 CPU cores).
 
     The file holds the settings and ``probs``: (losses, betas, seeds, steps // record_every, 3) float32.
-    Run ``python -m course_lib.bandit`` to rebuild it; tests regenerate slices and compare.
+    Run ``python -m course_lib.build_data --d1-sweep`` to rebuild it; tests regenerate slices and compare.
     """
     path = Path(path) if path is not None else d1_sweep_path()
     probs = train_bandit_sweep(
@@ -303,7 +209,14 @@ def build_d1_sweep(path: str | Path | None = None) -> Path:
         record_every=D1_SWEEP["record_every"],
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**{k: list(v) if isinstance(v, tuple) else v for k, v in D1_SWEEP.items()}, "preferences": [list(p) for p in D1], "probs": probs}, path)
+    torch.save(
+        {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in D1_SWEEP.items()},
+            "preferences": [list(p) for p in D1],
+            "probs": probs,
+        },
+        path,
+    )
     return path
 
 
@@ -313,20 +226,9 @@ def load_d1_sweep(path: str | Path | None = None) -> dict:
     update ``(k + 1) * record_every``. Raises FileNotFoundError with the command that rebuilds it."""
     path = Path(path) if path is not None else d1_sweep_path()
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; rebuild it with `python -m course_lib.bandit`")
+        raise FileNotFoundError(f"{path} does not exist; rebuild it with `python -m course_lib.build_data --d1-sweep`")
     sweep = torch.load(path, weights_only=True)
     for key, value in D1_SWEEP.items():
         if tuple(sweep[key]) != tuple(value) if isinstance(value, tuple) else sweep[key] != value:
             raise ValueError(f"{path} was built with {key}={sweep[key]!r}, the library expects {value!r}; rebuild it")
     return sweep
-
-
-def _main() -> None:
-    import time
-
-    began = time.perf_counter()
-    print(f"wrote {build_d1_sweep()} in {time.perf_counter() - began:.0f} s")
-
-
-if __name__ == "__main__":
-    _main()

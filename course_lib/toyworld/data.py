@@ -23,7 +23,7 @@ import math
 import os
 from pathlib import Path
 
-from course_lib.toy_task import VOCAB, true_reward
+from .task import VOCAB, true_reward
 
 MANIFEST = "MANIFEST.sha256"
 SPLITS = ("train", "test")
@@ -39,7 +39,7 @@ class DataIntegrityError(ValueError):
 def data_dir() -> Path:
     """Returns the data folder: ``$COURSE_DATA_DIR`` if set, else ``<repo>/data``."""
     env = os.environ.get("COURSE_DATA_DIR")
-    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parent.parent / "data"
+    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parents[2] / "data"
 
 
 DATA_DIR = data_dir()  # resolved once at import; call data_dir() to re-read the env var
@@ -155,8 +155,9 @@ def _check_split(split: str) -> None:
 
 
 # ----------------------------------------------------------------------------- loaders
-def load_preferences(split: str = "train", *, labelling: str = "deterministic", data_dir=None,
-                     verify: bool = True) -> list[dict]:
+def load_preferences(
+    split: str = "train", *, labelling: str = "deterministic", data_dir=None, verify: bool = True
+) -> list[dict]:
     """Loads preference pairs as a list of dicts (TRL's preference format plus true rewards).
 
     Each record: ``{"prompt": str, "chosen": str, "rejected": str,
@@ -178,9 +179,15 @@ def load_preferences(split: str = "train", *, labelling: str = "deterministic", 
         prompt, chosen, rejected = (_check_text(where, f, r[f]) for f in fields[:3])
         if chosen.split() == rejected.split():
             raise ValueError(f"{where}: chosen and rejected are the same response {chosen!r}")
-        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                    "chosen_reward": _check_reward(where, "chosen_reward", r["chosen_reward"], chosen),
-                    "rejected_reward": _check_reward(where, "rejected_reward", r["rejected_reward"], rejected)})
+        out.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "chosen_reward": _check_reward(where, "chosen_reward", r["chosen_reward"], chosen),
+                "rejected_reward": _check_reward(where, "rejected_reward", r["rejected_reward"], rejected),
+            }
+        )
     return out
 
 
@@ -204,9 +211,15 @@ def load_rankings(split: str = "train", *, data_dir=None, verify: bool = True) -
         responses = [_check_text(where, f"responses[{k}]", x) for k, x in enumerate(responses)]
         if len({tuple(x.split()) for x in responses}) != len(responses):
             raise ValueError(f"{where}: the responses are not distinct")
-        out.append({"prompt": _check_text(where, "prompt", r["prompt"]), "responses": responses,
-                    "rewards": [_check_reward(where, f"rewards[{k}]", v, x)
-                                for k, (v, x) in enumerate(zip(rewards, responses))]})
+        out.append(
+            {
+                "prompt": _check_text(where, "prompt", r["prompt"]),
+                "responses": responses,
+                "rewards": [
+                    _check_reward(where, f"rewards[{k}]", v, x) for k, (v, x) in enumerate(zip(rewards, responses))
+                ],
+            }
+        )
     return out
 
 
@@ -217,6 +230,10 @@ def load_sft_corpus(*, data_dir=None, verify: bool = True) -> list[dict]:
     for n, r in rows:
         where = f"{path}, line {n}"
         _require(where, r, ("prompt", "completion"))
-        out.append({"prompt": _check_text(where, "prompt", r["prompt"]),
-                    "completion": _check_text(where, "completion", r["completion"])})
+        out.append(
+            {
+                "prompt": _check_text(where, "prompt", r["prompt"]),
+                "completion": _check_text(where, "completion", r["completion"]),
+            }
+        )
     return out

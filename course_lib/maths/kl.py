@@ -6,7 +6,7 @@ policy*, not the preference data.
 
 import torch
 
-from ._checks import check_logps
+from .checks import check_logps
 from .logprobs import IGNORE_INDEX
 
 
@@ -49,11 +49,23 @@ def sequence_kl(
     """
     for name, value in (("policy_logits", policy_logits), ("ref_logits", ref_logits)):
         if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() != 3:
-            raise TypeError(f"{name} must be a floating-point tensor of shape (B, T, V), got {getattr(value, 'dtype', type(value).__name__)} {tuple(getattr(value, 'shape', ()))}")
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor of token ids, got {getattr(labels, 'dtype', type(labels).__name__)}")
+            raise TypeError(
+                f"{name} must be a floating-point tensor of shape (B, T, V), got "
+                f"{getattr(value, 'dtype', type(value).__name__)} {tuple(getattr(value, 'shape', ()))}"
+            )
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"labels must be an integer tensor of token ids, got {getattr(labels, 'dtype', type(labels).__name__)}"
+        )
     if policy_logits.shape != ref_logits.shape:
-        raise ValueError(f"policy_logits {tuple(policy_logits.shape)} and ref_logits {tuple(ref_logits.shape)} must match")
+        raise ValueError(
+            f"policy_logits {tuple(policy_logits.shape)} and ref_logits {tuple(ref_logits.shape)} must match"
+        )
     if tuple(labels.shape) != tuple(policy_logits.shape[:2]):
         raise ValueError(f"labels {tuple(labels.shape)} must be (B, T) = {tuple(policy_logits.shape[:2])}")
     scored = labels[:, 1:] != ignore_index  # (B, T-1)

@@ -36,7 +36,7 @@ def is_word_level(tokenizer) -> bool:
     return backend is not None and type(backend.model).__name__ == "WordLevel"
 
 
-_WORDS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_WORDS_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _words_only(tokenizer) -> dict[str, int]:
@@ -66,7 +66,9 @@ def encode_prompt(tokenizer, prompt, index: int = 0) -> list[int]:
     if not prompt.strip():
         raise ValueError(f"prompt {index} is empty: {prompt!r}")
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
         ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
         return list(ids)
     return list(tokenizer(prompt)["input_ids"])
@@ -104,8 +106,10 @@ def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str]) 
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise ValueError("cannot encode an empty batch")
-    rows = [(encode_prompt(tokenizer, prompt, i), encode_response(tokenizer, response, i))
-            for i, (prompt, response) in enumerate(zip(prompts, responses))]
+    rows = [
+        (encode_prompt(tokenizer, prompt, i), encode_response(tokenizer, response, i))
+        for i, (prompt, response) in enumerate(zip(prompts, responses))
+    ]
     T = max(len(p) + len(r) for p, r in rows)
     input_ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
@@ -114,5 +118,5 @@ def encode_prompt_response(tokenizer, prompts: list[str], responses: list[str]) 
         n = len(p) + len(r)
         input_ids[i, :n] = torch.tensor(p + r)
         attention_mask[i, :n] = 1
-        labels[i, len(p):n] = torch.tensor(r)
+        labels[i, len(p) : n] = torch.tensor(r)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

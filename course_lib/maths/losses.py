@@ -12,7 +12,7 @@ log-ratios ("h" in the IPO paper, Azar et al. 2023).
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_logps, check_positive
+from .checks import check_logps, check_positive
 
 
 def log_ratio_margin(
@@ -144,10 +144,14 @@ def _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards) ->
     if candidate_logps.shape[1] < 2:
         raise ValueError(f"RRHF ranks K >= 2 candidates per prompt, got K = {candidate_logps.shape[1]}")
     if bool((candidate_lengths <= 0).any()):
-        raise ValueError(f"candidate_lengths must all be > 0 (number of response tokens), got min {candidate_lengths.min().item()}")
+        raise ValueError(
+            f"candidate_lengths must all be > 0 (number of response tokens), got min {candidate_lengths.min().item()}"
+        )
 
 
-def rrhf_scores(candidate_logps: torch.Tensor, candidate_lengths: torch.Tensor, *, length_penalty: float = 1.0) -> torch.Tensor:
+def rrhf_scores(
+    candidate_logps: torch.Tensor, candidate_lengths: torch.Tensor, *, length_penalty: float = 1.0
+) -> torch.Tensor:
     """RRHF score ``p_i = logp_i / |y_i| ** length_penalty`` (Yuan et al. 2023, Eq. 1). (B, K) -> (B, K)."""
     return candidate_logps / candidate_lengths.to(candidate_logps.dtype) ** length_penalty
 

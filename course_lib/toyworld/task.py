@@ -24,17 +24,56 @@ from __future__ import annotations
 import torch
 
 POSITIVE_WORDS: tuple[str, ...] = (
-    "good", "great", "excellent", "wonderful", "brilliant", "superb", "fun",
-    "enjoyable", "beautiful", "moving", "charming", "clever", "delightful", "funny",
+    "good",
+    "great",
+    "excellent",
+    "wonderful",
+    "brilliant",
+    "superb",
+    "fun",
+    "enjoyable",
+    "beautiful",
+    "moving",
+    "charming",
+    "clever",
+    "delightful",
+    "funny",
 )
 NEGATIVE_WORDS: tuple[str, ...] = (
-    "bad", "awful", "terrible", "boring", "dull", "weak", "poor", "silly",
-    "tedious", "bland", "clumsy", "messy", "painful", "slow",
+    "bad",
+    "awful",
+    "terrible",
+    "boring",
+    "dull",
+    "weak",
+    "poor",
+    "silly",
+    "tedious",
+    "bland",
+    "clumsy",
+    "messy",
+    "painful",
+    "slow",
 )
 # Sentiment-free words that glue a continuation together.
 FILLER_WORDS: tuple[str, ...] = (
-    "very", "quite", "really", "so", "too", "rather", "a", "bit", "and", "but",
-    "yet", "at", "times", "also", "mostly", "in", "places",
+    "very",
+    "quite",
+    "really",
+    "so",
+    "too",
+    "rather",
+    "a",
+    "bit",
+    "and",
+    "but",
+    "yet",
+    "at",
+    "times",
+    "also",
+    "mostly",
+    "in",
+    "places",
 )
 # Review openings. Every word in them is part of the vocabulary too.
 PROMPTS: tuple[str, ...] = (

@@ -4,24 +4,25 @@ The rank-loss explorer (Sec. 4 of the notebook) shows RRHF's ranking term on one
 candidates. The learner moves each candidate's score ``p_i`` (its length-normalised log-probability,
 Yuan et al. 2023, Eq. 1) and its reward; the callback :func:`rank_loss_state` returns every pair,
 which pairs contribute ``max(0, p_i - p_j)`` (Eq. 2), the loss, and each candidate's gradient and
-update. All the maths comes from :func:`course_lib.losses.rrhf_loss_terms` and autograd; this module
+update. All the maths comes from :func:`course_lib.maths.losses.rrhf_loss_terms` and autograd; this module
 only arranges and draws it. Nothing here mutates its inputs.
 
-Each redraw renders the figure with matplotlib's Agg backend into an ``ipywidgets.Image`` (PNG), so
-the widget works the same in JupyterLab, in a static notebook viewer and in a headless test.
+The figure is a :class:`~course_lib.teaching.widgets.canvas.BlitFigure`: each redraw renders it into an
+``ipywidgets.Image`` (PNG), so the widget works the same in JupyterLab, in a static notebook viewer and
+in a headless test.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import itertools
 import time
 from dataclasses import dataclass
 
 import torch
 
-from .losses import rrhf_loss_terms
+from ...maths.losses import rrhf_loss_terms
+from .canvas import BlitFigure
 
 DEFAULT_SCORES: tuple[float, ...] = (-1.4, -0.9, -1.1, -0.5)
 DEFAULT_REWARDS: tuple[int, ...] = (3, 2, 1, 0)
@@ -134,8 +135,11 @@ def rank_loss_state(
             continue
         worse, better = (a, b) if rewards[a] < rewards[b] else (b, a)
         gap = scores[worse] - scores[better]
-        pairs.append(PairRow(worse, better, rewards[worse], rewards[better], gap, max(0.0, gap),
-                             "violated" if gap > 0 else "ordered"))
+        pairs.append(
+            PairRow(
+                worse, better, rewards[worse], rewards[better], gap, max(0.0, gap), "violated" if gap > 0 else "ordered"
+            )
+        )
     pairs.sort(key=lambda row: ({"violated": 0, "ordered": 1, "tie": 2}[row.status], -row.hinge, row.worse, row.better))
 
     rank_loss, sft_loss = float(rank.detach()), float(sft.detach())
@@ -168,12 +172,15 @@ def pairs_table_text(state: RankLossState, *, digits: int = 2) -> str:
     for row in state.pairs:
         sep = "=" if row.status == "tie" else "<"
         lines.append(
-            f"{_label(row.worse):>3} {sep} {_label(row.better):<3}            {row.worse_reward:4g} {row.better_reward:4g}"
+            f"{_label(row.worse):>3} {sep} {_label(row.better):<3}            "
+            f"{row.worse_reward:4g} {row.better_reward:4g}"
             f"   {f.format(row.gap):>9}   {row.hinge:17.{digits}f}   {row.status}"
         )
-    lines.append(f"L_rank = {state.rank_loss:.{digits}f} from {state.n_violated} violated pair(s);"
-                 f" L_ft = {state.sft_loss:.{digits}f} (on {_label(state.best)});"
-                 f" L = {state.loss:.{digits}f}")
+    lines.append(
+        f"L_rank = {state.rank_loss:.{digits}f} from {state.n_violated} violated pair(s);"
+        f" L_ft = {state.sft_loss:.{digits}f} (on {_label(state.best)});"
+        f" L = {state.loss:.{digits}f}"
+    )
     lines.append("candidate   p_i    |y_i|  dL_rank/dp  dL_ft/dp  update -lr*dL/dp")
     for i in range(len(state.scores)):
         lines.append(
@@ -194,19 +201,22 @@ def pairs_table_html(state: RankLossState, *, digits: int = 2) -> str:
     for row in state.pairs:
         sep = "=" if row.status == "tie" else "&lt;"
         rows.append(
-            f'<tr style="background:{_STATUS_COLOUR[row.status]}"><td {cell}>{_label(row.worse)} {sep} {_label(row.better)}</td>'
+            f'<tr style="background:{_STATUS_COLOUR[row.status]}">'
+            f"<td {cell}>{_label(row.worse)} {sep} {_label(row.better)}</td>"
             f"<td {cell}>{row.worse_reward:g}</td><td {cell}>{row.better_reward:g}</td>"
-            f"<td {cell}>{f.format(row.gap)}</td><td {cell}>{row.hinge:.{digits}f}</td><td {cell}>{html.escape(row.status)}</td></tr>"
+            f"<td {cell}>{f.format(row.gap)}</td><td {cell}>{row.hinge:.{digits}f}</td>"
+            f"<td {cell}>{html.escape(row.status)}</td></tr>"
         )
     pair_table = (
-        "<table><tr><th>pair</th><th>r_i</th><th>r_j</th><th>p_i &minus; p_j</th><th>max(0, p_i &minus; p_j)</th><th></th></tr>"
-        + "".join(rows) + "</table>"
+        "<table><tr><th>pair</th><th>r_i</th><th>r_j</th><th>p_i &minus; p_j</th>"
+        "<th>max(0, p_i &minus; p_j)</th><th></th></tr>" + "".join(rows) + "</table>"
     )
     cand_rows = []
     for i in range(len(state.scores)):
         mark = " (best)" if i == state.best else ""
         cand_rows.append(
-            f"<tr><td {cell}>{_label(i)}{mark}</td><td {cell}>{state.scores[i]:+.{digits}f}</td><td {cell}>{state.lengths[i]}</td>"
+            f"<tr><td {cell}>{_label(i)}{mark}</td><td {cell}>{state.scores[i]:+.{digits}f}</td>"
+            f"<td {cell}>{state.lengths[i]}</td>"
             f"<td {cell}>{f.format(state.grad_rank[i])}</td><td {cell}>{f.format(state.grad_sft[i])}</td>"
             f"<td {cell}>{f.format(state.update[i])}</td></tr>"
         )
@@ -222,23 +232,27 @@ def pairs_table_html(state: RankLossState, *, digits: int = 2) -> str:
     return f'<div style="display:flex;gap:24px;align-items:flex-start">{pair_table}{cand_table}</div><p>{summary}</p>'
 
 
-class RankLossFigure:
+class RankLossFigure(BlitFigure):
     """The explorer's figure, built once and updated in place (a redraw must stay under 100 ms on CPU).
 
     Left: each candidate at (reward, score); a red segment joins every violated pair (the worse one
     scores higher), a grey dotted one every correctly ordered pair. Right: the update of each score
     after one gradient step, split into the rank part (red) and the SFT part (green).
-    ``update(state)`` moves the artists; ``png()`` renders with the Agg canvas and encodes with Pillow.
+    ``update(state)`` moves the artists; ``png()`` blits them and encodes the canvas as PNG.
     """
 
-    def __init__(self, k: int, *, max_length: int = max(DEFAULT_LENGTHS), sft_weight: float = 1.0,
-                 learning_rate: float = 0.1, figsize=(8.0, 3.0), dpi: int = 80):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
+    def __init__(
+        self,
+        k: int,
+        *,
+        max_length: int = max(DEFAULT_LENGTHS),
+        sft_weight: float = 1.0,
+        learning_rate: float = 0.1,
+        figsize=(8.0, 3.0),
+        dpi: int = 80,
+    ):
+        super().__init__(figsize=figsize, dpi=dpi)
         self.k = k
-        self.fig = Figure(figsize=figsize, dpi=dpi)
-        FigureCanvasAgg(self.fig)
         self.ax_scores, self.ax_update = self.fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1.0]})
         ax = self.ax_scores
         self.pair_lines = {pair: ax.plot([], [], zorder=1)[0] for pair in itertools.combinations(range(k), 2)}
@@ -261,13 +275,7 @@ class RankLossFigure:
         self.ax_update.set_title("one gradient step", fontsize=10)
         self.ax_update.legend(loc="lower left", fontsize=8)
         self.fig.tight_layout()
-        # Blitting: the axes, ticks and labels are drawn once and cached; a redraw restores that
-        # background and draws only the artists that move (text layout is what makes a full draw slow).
-        self._moving = [*self.pair_lines.values(), self.points, *self.labels, self.title, *self.rank_bars, *self.sft_bars]
-        for artist in self._moving:
-            artist.set_animated(True)
-        self.fig.canvas.draw()
-        self._background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
+        self.freeze([*self.pair_lines.values(), self.points, *self.labels, self.title, *self.rank_bars, *self.sft_bars])
 
     def update(self, state: RankLossState) -> None:
         """Moves every artist to show ``state`` (no new artists, no layout pass)."""
@@ -294,29 +302,14 @@ class RankLossFigure:
             self.sft_bars[i].set_y(rank_part)
             self.sft_bars[i].set_height(sft_part)
 
-    def png(self) -> bytes:
-        """Renders with the Agg canvas and encodes the pixels as PNG with Pillow."""
-        from PIL import Image
-
-        canvas = self.fig.canvas
-        canvas.restore_region(self._background)
-        for artist in self._moving:
-            self.fig.draw_artist(artist)
-        width, height = self.fig.canvas.get_width_height()
-        image = Image.frombuffer("RGBA", (width, height), self.fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
-        buffer = io.BytesIO()
-        image.save(buffer, format="png", compress_level=1)
-        return buffer.getvalue()
-
 
 def plot_rank_state(state: RankLossState):
     """Draws one state of the explorer (see :class:`RankLossFigure`) and returns the matplotlib Figure."""
-    figure = RankLossFigure(len(state.scores), max_length=max(state.lengths), sft_weight=state.sft_weight,
-                            learning_rate=state.learning_rate)
+    figure = RankLossFigure(
+        len(state.scores), max_length=max(state.lengths), sft_weight=state.sft_weight, learning_rate=state.learning_rate
+    )
     figure.update(state)
-    for artist in figure._moving:  # a static figure (savefig, plt.show) draws everything
-        artist.set_animated(False)
-    return figure.fig
+    return figure.static()
 
 
 def build_rank_loss_widget(
@@ -339,30 +332,55 @@ def build_rank_loss_widget(
     k = len(scores)
     layout = widgets.Layout(width="260px")
     score_sliders = [
-        widgets.FloatSlider(value=float(s), min=SCORE_RANGE[0], max=SCORE_RANGE[1], step=0.05,
-                            description=f"p_{i + 1}", readout_format=".2f", continuous_update=True, layout=layout)
+        widgets.FloatSlider(
+            value=float(s),
+            min=SCORE_RANGE[0],
+            max=SCORE_RANGE[1],
+            step=0.05,
+            description=f"p_{i + 1}",
+            readout_format=".2f",
+            continuous_update=True,
+            layout=layout,
+        )
         for i, s in enumerate(scores)
     ]
     reward_sliders = [
-        widgets.IntSlider(value=int(r), min=REWARD_RANGE[0], max=REWARD_RANGE[1], description=f"r_{i + 1}",
-                          continuous_update=True, layout=layout)
+        widgets.IntSlider(
+            value=int(r),
+            min=REWARD_RANGE[0],
+            max=REWARD_RANGE[1],
+            description=f"r_{i + 1}",
+            continuous_update=True,
+            layout=layout,
+        )
         for i, r in enumerate(rewards)
     ]
     table = widgets.HTML()
     image = widgets.Image(format="png")
     figure = RankLossFigure(k, max_length=max(lengths), sft_weight=sft_weight, learning_rate=learning_rate)
 
-    box = widgets.VBox([
-        widgets.HBox([widgets.VBox([widgets.Label("scores p_i (mean log-prob)")] + score_sliders),
-                      widgets.VBox([widgets.Label("rewards r_i (only the order matters)")] + reward_sliders)]),
-        table,
-        image,
-    ])
+    box = widgets.VBox(
+        [
+            widgets.HBox(
+                [
+                    widgets.VBox([widgets.Label("scores p_i (mean log-prob)")] + score_sliders),
+                    widgets.VBox([widgets.Label("rewards r_i (only the order matters)")] + reward_sliders),
+                ]
+            ),
+            table,
+            image,
+        ]
+    )
 
     def redraw(_change=None):
         start = time.perf_counter()
-        state = rank_loss_state([s.value for s in score_sliders], [r.value for r in reward_sliders], lengths,
-                                sft_weight=sft_weight, learning_rate=learning_rate)
+        state = rank_loss_state(
+            [s.value for s in score_sliders],
+            [r.value for r in reward_sliders],
+            lengths,
+            sft_weight=sft_weight,
+            learning_rate=learning_rate,
+        )
         table.value = pairs_table_html(state)
         figure.update(state)
         image.value = figure.png()
@@ -371,8 +389,16 @@ def build_rank_loss_widget(
 
     for slider in score_sliders + reward_sliders:
         slider.observe(redraw, names="value")
-    box.score_sliders, box.reward_sliders, box.table, box.image, box.lengths = score_sliders, reward_sliders, table, image, tuple(lengths)
+    box.score_sliders, box.reward_sliders, box.table, box.image, box.lengths = (
+        score_sliders,
+        reward_sliders,
+        table,
+        image,
+        tuple(lengths),
+    )
     if len(rewards) != k or len(lengths) != k:
-        raise ValueError(f"scores, rewards and lengths must have the same length, got {k}, {len(rewards)}, {len(lengths)}")
+        raise ValueError(
+            f"scores, rewards and lengths must have the same length, got {k}, {len(rewards)}, {len(lengths)}"
+        )
     redraw()
     return box

@@ -14,8 +14,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
 
-from course_lib.data import DATA_DIR, data_dir  # noqa: F401  (re-exported)
-from course_lib.toy_task import VOCAB
+from .data import DATA_DIR, data_dir  # noqa: F401  (re-exported)
+from .task import VOCAB
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, EOS)  # ids 0, 1, 2
@@ -25,7 +25,7 @@ MAX_POSITIONS = 32  # prompt (<= 6 words) + response (<= 12) + <eos> fits easily
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Builds the word-level tokenizer: one id per vocabulary word, split on whitespace.
 
-    Ids: ``<pad>`` = 0, ``<unk>`` = 1, ``<eos>`` = 2, then ``toy_task.VOCAB`` in
+    Ids: ``<pad>`` = 0, ``<unk>`` = 1, ``<eos>`` = 2, then ``task.VOCAB`` in
     order. No token is added automatically (no BOS, no EOS); padding is on the right.
     """
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + VOCAB)}
@@ -87,8 +87,9 @@ def load_model_and_tokenizer(
     path = Path(name_or_path).expanduser()
     text = str(name_or_path)
     # hub ids look like "name" or "org/name"; anything else is a local path
-    looks_local = (isinstance(name_or_path, Path) or path.exists()
-                   or text.startswith((".", "~", "/")) or text.count("/") > 1)
+    looks_local = (
+        isinstance(name_or_path, Path) or path.exists() or text.startswith((".", "~", "/")) or text.count("/") > 1
+    )
     if looks_local:
         if not path.is_dir():
             raise FileNotFoundError(

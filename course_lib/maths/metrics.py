@@ -2,7 +2,7 @@
 
 import torch
 
-from ._checks import check_logps, check_positive
+from .checks import check_logps, check_positive
 
 
 def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, *, beta: float) -> torch.Tensor:

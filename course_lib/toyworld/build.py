@@ -1,0 +1,402 @@
+"""Rebuilds every toy-world artefact deterministically from one seed (the CLI is ``course_lib.build_data``).
+
+    python -m course_lib.build_data [--out DIR] [--seed 0] [--small]
+
+Steps: (1) an SFT corpus of synthetic reviews from a small grammar, (2) the
+word-level tokenizer, (3) the reference GPT-2 trained on that corpus,
+(4) preference pairs made from the reference model's own samples, labelled
+deterministically and by Bradley-Terry coin flips, (5) RRHF rankings of K=4
+samples, (6) a README datasheet and (7) MANIFEST.sha256. Everything runs on one
+CPU thread with seeded generators, so two builds on the same machine are
+identical byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
+
+from .batching import encode_prompt_response
+from .data import MANIFEST, data_dir, write_manifest
+from .models import build_reference_config, build_tokenizer
+from .sampling import sample_responses
+from .task import NEGATIVE_WORDS, POSITIVE_WORDS, PROMPTS, VOCAB, true_reward
+
+FULL = dict(corpus=4000, steps=400, batch=64, pref_train=2000, pref_test=256, rank_train=500, rank_test=100)
+SMALL = dict(corpus=400, steps=30, batch=32, pref_train=100, pref_test=30, rank_train=20, rank_test=10)
+K = 4  # responses per ranking
+MAX_NEW_TOKENS = 12
+OUTPUTS = ("sft", "preferences", "rankings", "reference_model", "README.md", MANIFEST)
+
+_INTENSIFIERS = ("very", "quite", "really", "so", "rather")
+_NOUNS = ("plot", "acting", "story", "ending", "music", "pacing", "script", "cast", "dialogue", "soundtrack", "jokes")
+
+
+# ----------------------------------------------------------------------------- 1. SFT corpus
+def _clause(rng: random.Random, words: tuple[str, ...]) -> list[str]:
+    """One clause built around sentiment words drawn from ``words``."""
+    adj, adj2 = rng.sample(words, 2)
+    form = rng.randrange(7)
+    if form == 0:
+        return [adj]
+    if form == 1:
+        return [rng.choice(_INTENSIFIERS), adj]
+    if form == 2:
+        return [adj, "and", adj2]
+    if form == 3:
+        return [adj] + rng.choice((["at", "times"], ["in", "places"]))
+    if form == 4:
+        return ["the", rng.choice(_NOUNS), "was", adj]
+    if form == 5:
+        return [rng.choice(("mostly", "also", "a bit", "too")), adj]
+    return [rng.choice(_INTENSIFIERS), adj, "and", rng.choice(_INTENSIFIERS), adj2]
+
+
+def synthetic_review(rng: random.Random) -> str:
+    """Samples one continuation (3-12 tokens): positive, negative or mixed with equal probability."""
+    kind = rng.choice(("positive", "negative", "mixed"))
+    while True:
+        n_clauses = rng.choice((1, 1, 2, 2, 3))
+        polarity = rng.random() < 0.5  # for "mixed": which sentiment comes first
+        words: list[str] = []
+        for c in range(n_clauses):
+            if kind == "mixed":
+                positive = polarity if c % 2 == 0 else not polarity
+            else:
+                positive = kind == "positive"
+            if c > 0:
+                same = kind != "mixed"
+                words += [rng.choice(("and", "also") if same else ("but", "yet"))] if rng.random() < 0.8 else ["."]
+            words += _clause(rng, POSITIVE_WORDS if positive else NEGATIVE_WORDS)
+        text = " ".join(words).split()  # "a bit" -> two tokens
+        if rng.random() < 0.15:  # some stuttering repetition ("so so boring")
+            i = rng.randrange(len(text))
+            text.insert(i, text[i])
+        text.append(".")
+        if 3 <= len(text) <= 12:
+            return " ".join(text)
+
+
+def build_corpus(n: int, rng: random.Random) -> list[dict]:
+    """Makes ``n`` SFT records ``{"prompt", "completion"}`` (completion without leading space)."""
+    return [{"prompt": rng.choice(PROMPTS), "completion": synthetic_review(rng)} for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------- 3. reference model
+def train_reference(corpus: list[dict], tokenizer, steps: int, batch: int, seed: int) -> tuple[GPT2LMHeadModel, float]:
+    """Trains the tiny GPT-2 on the corpus (loss on completion + <eos> only); returns (model, final loss)."""
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(build_reference_config(len(tokenizer)))
+    enc = encode_prompt_response(tokenizer, [r["prompt"] for r in corpus], [r["completion"] for r in corpus])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    )
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    recent = []
+    for _ in range(steps):
+        idx = torch.randint(len(corpus), (batch,), generator=g)
+        logits = model(input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx]).logits
+        # logits[:, t-1] predicts token t; labels are -100 on prompt and padding
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), enc["labels"][idx, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        recent = (recent + [loss.item()])[-20:]
+    model.eval()
+    return model, sum(recent) / len(recent)
+
+
+# ----------------------------------------------------------------------------- 4./5. preferences and rankings
+def _cycle(prompts: list[str], start: int, n: int) -> list[str]:
+    return [prompts[(start + j) % len(prompts)] for j in range(n)]
+
+
+def build_pairs(model, tokenizer, n: int, generator: torch.Generator, prompts: list[str]) -> tuple[list, dict]:
+    """Samples distinct, untied pairs ``(prompt, a, b, r_a, r_b)`` from the model until ``n`` are found."""
+    pairs, seen, stats, start = [], set(), {"sampled": 0, "ties": 0, "duplicates": 0, "reward_sum": 0.0}, 0
+    while len(pairs) < n:
+        chunk = min(512, 64 + 2 * (n - len(pairs)))  # small builds sample little
+        ps = _cycle(prompts, start, chunk)
+        start += chunk
+        a = sample_responses(model, tokenizer, ps, max_new_tokens=MAX_NEW_TOKENS, generator=generator)
+        b = sample_responses(model, tokenizer, ps, max_new_tokens=MAX_NEW_TOKENS, generator=generator)
+        for p, x, y in zip(ps, a, b):
+            if len(pairs) == n:
+                break
+            rx, ry = true_reward(x), true_reward(y)
+            stats["sampled"] += 2
+            stats["reward_sum"] += rx + ry
+            key = (p, frozenset((x, y)))
+            if rx == ry:
+                stats["ties"] += 1
+            elif key in seen:
+                stats["duplicates"] += 1
+            else:
+                seen.add(key)
+                pairs.append((p, x, y, rx, ry))
+    return pairs, stats
+
+
+def label_pairs(pairs: list, generator: torch.Generator) -> tuple[list[dict], list[dict]]:
+    """Labels each pair twice: deterministic (higher reward wins) and Bradley-Terry (first wins w.p. sigmoid(r1-r2))."""
+    u = torch.rand(len(pairs), generator=generator, dtype=torch.float64).tolist()
+    det, bt = [], []
+    for (p, x, y, rx, ry), ui in zip(pairs, u):
+        win, lose = (x, y) if rx > ry else (y, x)
+        det.append(_pref(p, win, lose))
+        first_wins = ui < 1 / (1 + math.exp(-(rx - ry)))
+        bt.append(_pref(p, x, y) if first_wins else _pref(p, y, x))
+    return det, bt
+
+
+def _pref(prompt: str, chosen: str, rejected: str) -> dict:
+    return {
+        "prompt": prompt,
+        "chosen": " " + chosen,
+        "rejected": " " + rejected,
+        "chosen_reward": round(true_reward(chosen), 4),
+        "rejected_reward": round(true_reward(rejected), 4),
+    }
+
+
+def build_rankings(model, tokenizer, n: int, generator: torch.Generator, prompts: list[str], seen: set) -> list[dict]:
+    """Makes ``n`` records of K distinct samples per prompt with their true rewards (sampling order kept)."""
+    out, start = [], 0
+    while len(out) < n:
+        chunk = min(64, 8 + n - len(out))
+        ps = _cycle(prompts, start, chunk)
+        start += chunk
+        cands = sample_responses(
+            model, tokenizer, [p for p in ps for _ in range(2 * K)], max_new_tokens=MAX_NEW_TOKENS, generator=generator
+        )
+        for i, p in enumerate(ps):
+            distinct = list(dict.fromkeys(cands[i * 2 * K : (i + 1) * 2 * K]))[:K]
+            key = (p, tuple(sorted(distinct)))
+            if len(distinct) == K and key not in seen and len(out) < n:
+                seen.add(key)
+                out.append(
+                    {
+                        "prompt": p,
+                        "responses": [" " + r for r in distinct],
+                        "rewards": [round(true_reward(r), 4) for r in distinct],
+                    }
+                )
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs)
+
+
+def _build_into(out: Path, seed: int, small: bool, say) -> dict:
+    """Runs steps 1-7 into ``out``; returns the statistics that the datasheet reports."""
+    sizes, t0 = (SMALL if small else FULL), time.perf_counter()
+    elapsed = lambda: f"({time.perf_counter() - t0:.1f}s)"  # noqa: E731
+    rng = random.Random(seed)
+    # 1.-3. corpus, tokenizer, reference model
+    corpus = build_corpus(sizes["corpus"], rng)
+    written = [
+        _write_jsonl(
+            out / "sft/train.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in corpus]
+        )
+    ]
+    tokenizer = build_tokenizer()
+    model, loss = train_reference(corpus, tokenizer, sizes["steps"], sizes["batch"], seed)
+    model.save_pretrained(out / "reference_model")  # always safetensors in transformers 5
+    tokenizer.save_pretrained(out / "reference_model")
+    written += sorted((out / "reference_model").iterdir())
+    say(f"[build_data] reference model: {sizes['steps']} steps, final loss {loss:.3f} {elapsed()}")
+
+    # 4. preference pairs from the reference model's own samples
+    prompts = list(PROMPTS)
+    rng.shuffle(prompts)
+    cut = sizes["pref_train"]
+    pair_gen = torch.Generator().manual_seed(seed + 1)
+    pairs, pstats = build_pairs(model, tokenizer, cut + sizes["pref_test"], pair_gen, prompts)
+    det, bt = label_pairs(pairs, torch.Generator().manual_seed(seed + 2))
+    for name, recs in (
+        ("train", det[:cut]),
+        ("test", det[cut:]),
+        ("train_bradley_terry", bt[:cut]),
+        ("test_bradley_terry", bt[cut:]),
+    ):
+        written.append(_write_jsonl(out / f"preferences/{name}.jsonl", recs))
+    say(f"[build_data] {len(pairs)} preference pairs {elapsed()}")
+
+    # 5. RRHF rankings (the shared `seen` keeps test records out of train)
+    gen, seen = torch.Generator().manual_seed(seed + 3), set()
+    rank = {
+        split: build_rankings(model, tokenizer, sizes[f"rank_{split}"], gen, prompts, seen)
+        for split in ("train", "test")
+    }
+    for split, recs in rank.items():
+        written.append(_write_jsonl(out / f"rankings/{split}.jsonl", recs))
+    say(f"[build_data] {sum(map(len, rank.values()))} rankings {elapsed()}")
+
+    # 6.-7. datasheet and manifest
+    stats = {
+        "seed": seed,
+        "small": small,
+        "sizes": sizes,
+        "final_sft_loss": loss,
+        "vocab_size": len(tokenizer),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "config": model.config,
+        "corpus_reward": _mean(true_reward(r["completion"]) for r in corpus),
+        "ref_reward": pstats["reward_sum"] / pstats["sampled"],
+        "pair_stats": pstats,
+        "det": det,
+        "bt": bt,
+        "cut": cut,
+        "rank": rank,
+        "bt_agree": _mean(d["chosen"] == b["chosen"] for d, b in zip(det, bt)),
+    }
+    (out / "README.md").write_text(datasheet(stats), encoding="utf-8")
+    written.append(out / "README.md")
+    write_manifest(out, [p.relative_to(out).as_posix() for p in written])
+    say(f"[build_data] wrote {out} {elapsed()}")
+    return stats
+
+
+def build(out: str | Path | None = None, *, seed: int = 0, small: bool = False, verbose: bool = True) -> dict:
+    """Builds everything into ``out`` (default: the data folder); returns the statistics in the datasheet.
+
+    Runs on one thread with deterministic algorithms; the global torch state
+    (threads, determinism flag, RNG) is restored afterwards.
+    """
+    out = Path(out) if out is not None else data_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:  # remove stale artefacts of an earlier build
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    bars = hf_logging.is_progress_bar_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    hf_logging.disable_progress_bar()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return _build_into(out, seed, small, print if verbose else (lambda *a, **k: None))
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+# ----------------------------------------------------------------------------- 6. datasheet
+def datasheet(s: dict) -> str:
+    """Renders the README datasheet from build statistics (every number is computed, none typed in)."""
+    det, bt, cut, rank, cfg, ps = s["det"], s["bt"], s["cut"], s["rank"], s["config"], s["pair_stats"]
+    cmd = "python -m course_lib.build_data"
+    cmd += (f" --seed {s['seed']}" if s["seed"] else "") + (" --small" if s["small"] else "")
+    n_tok = lambda recs, f: _mean(len(r[f].split()) for r in recs)  # noqa: E731
+    rows = [
+        ("sft/train.jsonl", s["sizes"]["corpus"], "prompt, completion"),
+        ("preferences/train.jsonl", cut, "prompt, chosen, rejected, chosen_reward, rejected_reward"),
+        ("preferences/test.jsonl", len(det) - cut, "same"),
+        ("preferences/train_bradley_terry.jsonl", cut, "same pairs as train.jsonl, Bradley-Terry labels"),
+        ("preferences/test_bradley_terry.jsonl", len(bt) - cut, "same pairs as test.jsonl, Bradley-Terry labels"),
+        ("rankings/train.jsonl", len(rank["train"]), f"prompt, responses ({K}), rewards ({K})"),
+        ("rankings/test.jsonl", len(rank["test"]), f"prompt, responses ({K}), rewards ({K})"),
+    ]
+    table = "\n".join(f"| `{f}` | {n} | {d} |" for f, n, d in rows)
+    rank_all = rank["train"] + rank["test"]
+    rank_mean = _mean(x for r in rank_all for x in r["rewards"])
+    best_of_k = _mean(max(r["rewards"]) for r in rank_all)
+    chosen_mean = _mean(r["chosen_reward"] for r in det[:cut])
+    rejected_mean = _mean(r["rejected_reward"] for r in det[:cut])
+    examined = ps["sampled"] // 2
+    return f"""# Toy-world data (Chapter 18: RRHF and IPO)
+
+Made by this project, not downloaded: `{cmd}` wrote every file here from seed {s["seed"]}
+(one CPU thread, seeded generators, `torch.use_deterministic_algorithms(True)`).
+It follows the spirit of the controlled-sentiment task of the DPO paper: prompts open
+a movie review, responses continue it with words from a {len(VOCAB)}-word vocabulary, and a
+closed-form true reward scores every response.
+
+## True reward
+
+For a response with n whitespace-separated tokens ("." counts as a token):
+
+    reward = (#distinct positive words - #distinct negative words)
+             - 0.5 * (#tokens that repeat an earlier token of the response)
+             - 0.1 * max(0, n - 8)
+
+({len(POSITIVE_WORDS)} positive and {len(NEGATIVE_WORDS)} negative words; see `course_lib/toyworld/task.py`.) Only the
+response is scored. "great great great" scores 0.0 while "great" scores 1.0, so spamming is penalised.
+
+## Files
+
+| file | records | fields |
+|---|---|---|
+{table}
+| `reference_model/` | - | GPT-2 weights (safetensors), config and tokenizer |
+
+Continuations (`completion`, `chosen`, `rejected`, `responses`) start with one space, as in TRL's
+preference format (TRL joins `prompt + chosen` as strings before tokenizing); prompts have no
+trailing space. Rewards are rounded to 4 decimals. Load with `course_lib.toyworld.data.load_preferences`,
+`load_rankings`, `load_sft_corpus`, which validate every line and check this folder's manifest.
+
+## How it was made
+
+1. **SFT corpus**: {s["sizes"]["corpus"]} synthetic reviews; each prompt is one of {len(PROMPTS)} openings and
+   each continuation (3-12 tokens) comes from a small grammar, positive, negative or mixed with
+   equal probability, with occasional stuttered repeats. Mean true reward of the corpus: {s["corpus_reward"]:.3f}.
+2. **Tokenizer**: word level (`tokenizers` WordLevel + WhitespaceSplit), {s["vocab_size"]} ids:
+   `<pad>`=0, `<unk>`=1, `<eos>`=2, then the vocabulary. Adds no special tokens by itself.
+3. **Reference model**: GPT-2 with n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd},
+   n_inner={cfg.n_inner}, n_positions={cfg.n_positions}, no dropout, tied embeddings:
+   **{s["n_params"]:,} parameters**. Trained for {s["sizes"]["steps"]} AdamW steps (batch {s["sizes"]["batch"]},
+   lr 3e-3, cosine) on prompt + completion + `<eos>`, loss on the completion only; final loss
+   (mean of last 20 steps) {s["final_sft_loss"]:.3f}.
+4. **Preferences**: for each prompt (cycled), two responses sampled from the reference model
+   (temperature 1, at most {MAX_NEW_TOKENS} new tokens), until {len(det)} pairs were kept. Of the {examined} pairs
+   examined, {ps["ties"]} ties (equal reward, including identical responses) and {ps["duplicates"]} repeats of an
+   earlier pair were dropped; the first {cut} kept pairs form train, the next {len(det) - cut} test, so no pair
+   appears in both.
+   Mean true reward of all {ps["sampled"]} reference samples: **{s["ref_reward"]:.3f}**.
+   Mean chosen / rejected reward (train, deterministic): {chosen_mean:.3f} / {rejected_mean:.3f}.
+   Mean response length: {n_tok(det, "chosen"):.2f} tokens (chosen), {n_tok(det, "rejected"):.2f} (rejected).
+   - *deterministic*: the higher reward is chosen.
+   - *bradley_terry*: the first sample is chosen with probability sigmoid(r1 - r2). These labels agree
+     with the deterministic ones on {100 * s["bt_agree"]:.1f}% of pairs.
+5. **Rankings** (RRHF): {K} distinct reference samples per prompt, in sampling order (not sorted),
+   with their true rewards; no (prompt, response set) appears in both splits. Mean reward
+   {rank_mean:.3f}, mean best-of-{K} reward {best_of_k:.3f}.
+
+## Reproducibility and integrity
+
+`MANIFEST.sha256` holds the sha256 of every file above (`sha256sum -c MANIFEST.sha256` works here);
+the loaders refuse a file that no longer matches it. The committed files are the reference:
+rerunning the command on the same machine reproduces them bit for bit, but floating-point
+training can differ slightly across CPU models and library versions, so a rebuild elsewhere
+may give a slightly different model and samples. Restore the committed files with
+`git checkout -- data/`.
+"""
