@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 from .loop.device import default_device
+from .maths.losses import PAIRWISE_LOSSES
 
 DEFAULT_LOSSES = ("dpo", "ipo", "rrhf")
 DEFAULT_BETA = 0.5
-PAIRWISE = ("dpo", "ipo", "hinge")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m course_lib.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=[*PAIRWISE, "rrhf"])
+    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=[*PAIRWISE_LOSSES, "rrhf"])
     parser.add_argument(
         "--beta", nargs="+", type=float, default=[DEFAULT_BETA], help="one or several betas (IPO's tau)"
     )
@@ -124,8 +124,8 @@ def unique_prompts(pairs: list[dict]) -> list:
 
 def run_comparison(args: argparse.Namespace) -> dict:
     """Train and evaluate every (loss, beta) run; return the ``results.json`` dictionary."""
-    from .loop.evaluation import evaluate_policy
-    from .loop.training import train_preference, train_rrhf
+    from .loop.evaluation import evaluate_policy, make_evaluator
+    from .loop.training import default_length_normalize, train_preference, train_rrhf
     from .toyworld.models import load_model_and_tokenizer
     from .toyworld.sampling import sample_responses
 
@@ -161,23 +161,24 @@ def run_comparison(args: argparse.Namespace) -> dict:
                 device=device,
                 tokenizer=tokenizer,
                 progress=not args.no_progress,
-                eval_prompts=test_prompts,
-                eval_every=max(1, args.steps // 5),
-                eval_samples=args.eval_samples,
-                eval_reward_fn=reward_fn,
+            )
+            held_out = dict(
+                pairs=test_pairs,
+                prompts=test_prompts,
+                every=max(1, args.steps // 5),
+                n_samples=args.eval_samples,
+                seed=args.seed,
+                reward_fn=reward_fn,
             )
             if loss == "rrhf":
-                history = train_rrhf(
-                    policy,
-                    rankings,
-                    reference=reference,
-                    eval_pairs=test_pairs,
-                    batch_size=max(1, args.batch_size // 4),
-                    **common,
-                )
+                batch_size = max(1, args.batch_size // 4)  # prompts per step, K candidates each
+                rows = batch_size * len(rankings[0]["responses"])  # sequences per step
+                evaluate = make_evaluator(reference, tokenizer, batch_size=rows // 2, **held_out)
+                history = train_rrhf(policy, rankings, batch_size=batch_size, evaluate=evaluate, **common)
                 length_normalize, run_beta = True, None
             else:
-                length_normalize = loss == "ipo"
+                length_normalize = default_length_normalize(loss)
+                evaluate = make_evaluator(reference, tokenizer, batch_size=args.batch_size, **held_out)
                 history = train_preference(
                     policy,
                     reference,
@@ -186,7 +187,7 @@ def run_comparison(args: argparse.Namespace) -> dict:
                     beta=beta,
                     batch_size=args.batch_size,
                     length_normalize=length_normalize,
-                    eval_pairs=test_pairs,
+                    evaluate=evaluate,
                     **common,
                 )
                 run_beta = beta

@@ -8,19 +8,23 @@
   from the same samples are reported beside it.
 - **True reward**: the toy task's closed-form reward of the same samples (the DPO paper's
   reward-versus-KL view).
+
+:func:`make_evaluator` builds the trainers' ``evaluate`` callback from these.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from ..maths.kl import kl_estimators, sequence_kl
 from ..maths.logprobs import sequence_logps
 from ..toyworld.batching import encode_prompt_response
+from ..toyworld.runtime import runs_tiny_models_on_one_thread
 from ..toyworld.sampling import sample_responses
-from .scoring import autocast_for, model_device, pair_logps
+from .scoring import autocast_for, borrowed, model_device, pair_logps
 
 
 def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -30,6 +34,7 @@ def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
+@runs_tiny_models_on_one_thread
 def preference_accuracy(
     policy, reference, tokenizer, pairs: list[dict], *, ref_logps: dict | None = None, batch_size: int = 128
 ) -> float:
@@ -46,6 +51,7 @@ def preference_accuracy(
 
 
 @torch.no_grad()
+@runs_tiny_models_on_one_thread
 def sample_kl(
     policy,
     reference,
@@ -91,6 +97,7 @@ def _chunk_kl(policy, reference, tokenizer, prompts: list, responses: list[str])
 
 
 @torch.no_grad()
+@runs_tiny_models_on_one_thread
 def evaluate_policy(
     policy,
     reference,
@@ -151,3 +158,58 @@ def evaluate_policy(
                 {"prompt": p, "response": r} for p, r in zip(chosen_prompts[:n_shown], sampled["responses"][:n_shown])
             ]
     return result
+
+
+def make_evaluator(
+    reference: torch.nn.Module,
+    tokenizer,
+    *,
+    every: int,
+    pairs: list[dict] | None = None,
+    prompts: list | None = None,
+    n_samples: int = 256,
+    seed: int = 0,
+    reward_fn=None,
+    batch_size: int = 128,
+) -> Callable[[torch.nn.Module, int, int], dict | None]:
+    """The trainers' ``evaluate`` callback: :func:`evaluate_policy` at step 0, every ``every`` steps and at the end.
+
+    ``evaluate(policy, step, steps)`` returns None between evaluations. On CUDA the trainer keeps the
+    reference on the CPU once its log-probs are precomputed; the callback brings it to the policy's
+    device for each evaluation and sends it back after.
+
+    Args:
+        reference, tokenizer: the frozen reference the KL and the accuracy are measured against.
+        every: evaluate when ``step % every == 0`` (step 0 included) and after the last step.
+        pairs, prompts, n_samples, seed, reward_fn, batch_size: as in :func:`evaluate_policy`
+            (``with_samples`` is False). To match a trainer's own batching, pass its ``batch_size``.
+
+    Example::
+
+        evaluate = make_evaluator(reference, tokenizer, every=50, pairs=test_pairs, prompts=test_prompts)
+        history = train_preference(policy, reference, train_pairs, loss="ipo", evaluate=evaluate)
+        history.evals  # [{"step": 0, "preference_accuracy": ..., "kl": ..., ...}, {"step": 50, ...}, ...]
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an int >= 1 (steps between evaluations), got {every!r}")
+    if not pairs and not prompts:
+        raise ValueError("make_evaluator needs held-out pairs (for the accuracy) or prompts (for the KL), got neither")
+
+    def evaluate(policy: torch.nn.Module, step: int, steps: int) -> dict | None:
+        if step % every and step != steps:
+            return None
+        with borrowed(reference, model_device(policy)):
+            return evaluate_policy(
+                policy,
+                reference,
+                tokenizer,
+                pairs=pairs,
+                prompts=prompts,
+                n_samples=n_samples,
+                seed=seed,
+                reward_fn=reward_fn,
+                with_samples=False,
+                batch_size=batch_size,
+            )
+
+    return evaluate

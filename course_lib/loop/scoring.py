@@ -12,6 +12,7 @@ import torch
 
 from ..maths.logprobs import token_logps
 from ..toyworld.batching import encode_prompt_response
+from ..toyworld.runtime import runs_tiny_models_on_one_thread
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -40,6 +41,7 @@ def autocast_for(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
+@runs_tiny_models_on_one_thread
 def response_logps(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], *, trim: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +67,7 @@ def response_logps(
 
 
 @torch.no_grad()
+@runs_tiny_models_on_one_thread
 def pair_logps(model, tokenizer, pairs: list[dict], *, batch_size: int = 256) -> dict[str, torch.Tensor]:
     """Summed log-probs and lengths of every pair's chosen and rejected response, on CPU.
 

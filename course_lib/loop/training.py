@@ -1,7 +1,9 @@
 """Training loops for the toy world: preference losses (DPO, IPO, hinge, or yours), RRHF and SFT.
 
 The loops only *call* the maths (``logprobs``, ``losses``, ``metrics``); they add batching, the
-optimiser, a progress bar, a per-step history, held-out evaluation, and safe failure:
+optimiser, a progress bar, a per-step history, and safe failure. Held-out evaluation comes in as a
+callback, ``evaluate`` (minGPT's pattern): the trainer calls it and stores what it returns, and never
+imports the evaluation layer, which builds the callback (:func:`course_lib.loop.evaluation.make_evaluator`).
 
 - the reference model's log-probs are computed once, before training, and the reference is never
   trained (its parameters are untouched);
@@ -24,10 +26,14 @@ from tqdm.auto import tqdm
 from ..maths.losses import PAIRWISE_LOSSES, log_ratio_margin, rrhf_loss_terms
 from ..maths.metrics import preference_metrics
 from ..toyworld.batching import encode_prompt_response
+from ..toyworld.runtime import runs_tiny_models_on_one_thread
 from .device import default_device
-from .scoring import borrowed, response_logps
+from .scoring import response_logps
 
 PairwiseLoss = Callable[..., torch.Tensor]
+#: ``evaluate(policy, step, steps) -> dict | None``: called before the first step (step 0) and after every step;
+#: a dict is stored in ``history.evals`` with its step, None skips that step.
+Evaluate = Callable[[torch.nn.Module, int, int], "dict | None"]
 FIXED_WIDTH_UP_TO = 64  # tokens: pad every preference batch to the data set's longest pair up to this
 
 
@@ -55,6 +61,12 @@ def resolve_loss(loss: str | PairwiseLoss) -> PairwiseLoss:
     return PAIRWISE_LOSSES[loss]
 
 
+def default_length_normalize(loss: str | PairwiseLoss) -> bool:
+    """Whether ``loss`` sees averaged log-probs when the caller does not say: True for "ipo" (TRL's
+    ``loss_type="ipo"``, confirmed by the IPO authors), False for "dpo", "hinge" and any callable."""
+    return loss == "ipo"
+
+
 def _resolve_tokenizer_and_device(tokenizer, device):
     """The toy tokenizer when none is given; ``default_device()`` when no device is given."""
     if tokenizer is None:
@@ -64,7 +76,15 @@ def _resolve_tokenizer_and_device(tokenizer, device):
     return tokenizer, torch.device(device) if device is not None else default_device()
 
 
-def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, eval_fn=None, eval_every=None) -> History:
+def _evaluate(evaluate: Evaluate | None, policy, step: int, steps: int, history: History) -> None:
+    """Call the ``evaluate`` callback and keep what it returns (None: nothing at this step)."""
+    if evaluate is not None:
+        metrics = evaluate(policy, step, steps)
+        if metrics is not None:
+            history.evals.append({"step": step, **metrics})
+
+
+def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, evaluate=None) -> History:
     """The loop shared by every trainer: optimiser, progress bar, finite check, interrupts, evaluation."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -77,8 +97,7 @@ def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, eval_fn=No
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
     optimizer = torch.optim.Adam(params, lr=lr, fused=fused)
     history = History()
-    if eval_fn is not None and eval_every:
-        history.evals.append({"step": 0, **eval_fn()})
+    _evaluate(evaluate, policy, 0, steps, history)
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
     try:
         for step in bar:
@@ -94,8 +113,7 @@ def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, eval_fn=No
             history.append({"step": step, "loss": loss.item(), **record})
             if progress:
                 bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
-            if eval_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
-                history.evals.append({"step": step, **eval_fn()})
+            _evaluate(evaluate, policy, step, steps, history)
     except KeyboardInterrupt:
         history.interrupted = True
     finally:
@@ -112,6 +130,7 @@ def _batch_indices(generator: torch.Generator, n: int, batch_size: int) -> torch
     return torch.randint(n, (batch_size,), generator=generator)
 
 
+@runs_tiny_models_on_one_thread
 def train_preference(
     policy: torch.nn.Module,
     reference: torch.nn.Module,
@@ -126,11 +145,7 @@ def train_preference(
     seed: int = 0,
     device: str | torch.device | None = None,
     tokenizer=None,
-    eval_pairs: list[dict] | None = None,
-    eval_prompts: list[str] | None = None,
-    eval_every: int | None = None,
-    eval_samples: int = 256,
-    eval_reward_fn=None,
+    evaluate: Evaluate | None = None,
     progress: bool = True,
     loss_kwargs: dict | None = None,
 ) -> History:
@@ -149,9 +164,9 @@ def train_preference(
         policy, reference: causal LMs with the same tokenizer (the policy usually starts as a copy).
         pairs: dicts with "prompt", "chosen", "rejected" strings.
         loss: "dpo", "ipo", "hinge", or a callable with the library losses' signature.
-        eval_pairs / eval_prompts / eval_every: held-out evaluation (see ``course_lib.loop.evaluation``)
-            every ``eval_every`` steps, stored in ``history.evals``; ``eval_reward_fn`` scores samples
-            (default: the toy task's true reward; ``False`` skips it).
+        evaluate: a callback ``evaluate(policy, step, steps)`` called at step 0 and after every step; what
+            it returns (unless None) goes into ``history.evals``. Build it with
+            :func:`course_lib.loop.evaluation.make_evaluator` (held-out accuracy, KL and reward every n steps).
         loss_kwargs: extra keywords for the loss, e.g. ``{"label_smoothing": 0.1}`` for cDPO.
 
     Returns:
@@ -159,7 +174,7 @@ def train_preference(
     """
     loss_fn = resolve_loss(loss)
     if length_normalize is None:
-        length_normalize = loss == "ipo"
+        length_normalize = default_length_normalize(loss)
     if not pairs:
         raise ValueError("pairs is empty")
     tokenizer, device = _resolve_tokenizer_and_device(tokenizer, device)
@@ -222,25 +237,6 @@ def train_preference(
             }
         return per_pair.mean(), record
 
-    eval_fn = None
-    if eval_every and (eval_pairs or eval_prompts):
-        from .evaluation import evaluate_policy
-
-        def eval_fn():
-            with borrowed(reference, device):
-                return evaluate_policy(
-                    policy,
-                    reference,
-                    tokenizer,
-                    pairs=eval_pairs,
-                    prompts=eval_prompts,
-                    n_samples=eval_samples,
-                    seed=seed,
-                    reward_fn=eval_reward_fn,
-                    with_samples=False,
-                    batch_size=batch_size,
-                )
-
     name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom loss")
     return _run(
         policy,
@@ -251,8 +247,7 @@ def train_preference(
         progress=progress,
         desc=f"{name} (beta={beta})",
         step_fn=step_fn,
-        eval_fn=eval_fn,
-        eval_every=eval_every,
+        evaluate=evaluate,
     )
 
 
@@ -263,6 +258,7 @@ def _pad_to(tensor: torch.Tensor, width: int, key: str, tokenizer) -> torch.Tens
     return torch.cat([tensor, pad], dim=1)
 
 
+@runs_tiny_models_on_one_thread
 def train_rrhf(
     policy: torch.nn.Module,
     rankings: list[dict],
@@ -275,22 +271,18 @@ def train_rrhf(
     seed: int = 0,
     device: str | torch.device | None = None,
     tokenizer=None,
-    reference: torch.nn.Module | None = None,
-    eval_pairs: list[dict] | None = None,
-    eval_prompts: list[str] | None = None,
-    eval_every: int | None = None,
-    eval_samples: int = 256,
-    eval_reward_fn=None,
+    evaluate: Evaluate | None = None,
     progress: bool = True,
 ) -> History:
     """Train ``policy`` in place with RRHF (Yuan et al. 2023, Eq. 5) on ranked candidate sets.
 
     Each step draws ``batch_size`` prompts, scores all their K candidates in one forward pass, and
-    minimises ``rrhf_loss`` (mean over prompts). RRHF needs no reference model: ``reference`` is only
-    used for the held-out evaluation (preference accuracy on ``eval_pairs``, KL on ``eval_prompts``).
+    minimises ``rrhf_loss`` (mean over prompts). RRHF needs no reference model: only an ``evaluate``
+    callback holds one, for the held-out KL and preference accuracy.
 
     Args:
         rankings: dicts with "prompt", "responses" (K strings) and "rewards" (K floats).
+        evaluate: a callback, as in :func:`train_preference`.
 
     Returns:
         :class:`History` with step, loss, rank_loss, sft_loss, ``logps/candidates`` (mean summed log-prob
@@ -332,25 +324,6 @@ def train_rrhf(
             }
         return (rank + sft_weight * sft).mean(), record
 
-    eval_fn = None
-    if eval_every and (eval_pairs or eval_prompts) and reference is not None:
-        from .evaluation import evaluate_policy
-
-        def eval_fn():
-            with borrowed(reference, device):
-                return evaluate_policy(
-                    policy,
-                    reference,
-                    tokenizer,
-                    pairs=eval_pairs,
-                    prompts=eval_prompts,
-                    n_samples=eval_samples,
-                    seed=seed,
-                    reward_fn=eval_reward_fn,
-                    with_samples=False,
-                    batch_size=batch_size * k // 2,
-                )
-
     return _run(
         policy,
         steps=steps,
@@ -360,11 +333,11 @@ def train_rrhf(
         progress=progress,
         desc="rrhf",
         step_fn=step_fn,
-        eval_fn=eval_fn,
-        eval_every=eval_every,
+        evaluate=evaluate,
     )
 
 
+@runs_tiny_models_on_one_thread
 def train_sft(
     policy: torch.nn.Module,
     examples: list[dict],

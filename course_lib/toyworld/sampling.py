@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .batching import decode_response, encode_prompt, encode_prompt_response
+from .runtime import runs_tiny_models_on_one_thread
 
 
 @torch.no_grad()
@@ -61,6 +62,7 @@ def _sample_ids(
     return responses
 
 
+@runs_tiny_models_on_one_thread
 def sample_responses(
     model,
     tokenizer,
@@ -117,6 +119,7 @@ def sample_responses(
     return [decode_response(tokenizer, r) for r in responses]
 
 
+@runs_tiny_models_on_one_thread
 def sample_response_ids(
     model,
     tokenizer,
