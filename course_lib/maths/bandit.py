@@ -18,11 +18,16 @@ def check_preferences(preferences, n_actions: int | None = None) -> tuple[torch.
 
     Returns (winners (P,), losers (P,), n_actions)."""
     try:
-        pairs = [(int(w), int(l)) for w, l in preferences]
+        raw = [(w, l) for w, l in preferences]
+        numbers = [(float(w), float(l)) for w, l in raw]
     except (TypeError, ValueError):
         raise TypeError(
             f"preferences must be a list of (winner, loser) action-index pairs, got {preferences!r}"
         ) from None
+    for (w, l), (fw, fl) in zip(raw, numbers):
+        if isinstance(w, bool) or isinstance(l, bool) or not (fw.is_integer() and fl.is_integer()):
+            raise ValueError(f"preferences must hold whole action indices, got ({w!r}, {l!r})")
+    pairs = [(int(w), int(l)) for w, l in numbers]
     if not pairs:
         raise ValueError("preferences must hold at least one (winner, loser) pair, got an empty list")
     for w, l in pairs:
@@ -49,8 +54,8 @@ def bandit_ref_logps(ref_probs, n_actions: int | None) -> tuple[torch.Tensor, in
     ref = torch.as_tensor(ref_probs, dtype=torch.float32)
     if ref.dim() != 1 or ref.numel() < 2:
         raise ValueError(f"ref_probs must be a 1-D tensor of n >= 2 probabilities, got shape {tuple(ref.shape)}")
-    if bool((ref <= 0).any()) or abs(float(ref.sum()) - 1.0) > 1e-4:
-        raise ValueError(f"ref_probs must be strictly positive and sum to 1, got {ref.tolist()}")
+    if not bool(ref.isfinite().all()) or bool((ref <= 0).any()) or abs(float(ref.sum()) - 1.0) > 1e-4:
+        raise ValueError(f"ref_probs must be finite, strictly positive and sum to 1, got {ref.tolist()}")
     return ref.log(), ref.numel()
 
 
@@ -64,6 +69,15 @@ def bandit_kl(probs: torch.Tensor, ref_probs=None) -> torch.Tensor:
         (...,) the KL in nats (0 * log 0 counts as 0).
     """
     probs = torch.as_tensor(probs, dtype=torch.float32)
+    if probs.dim() == 0 or probs.shape[-1] < 2:
+        raise ValueError(f"probs must have shape (..., n) with n >= 2 actions, got {tuple(probs.shape)}")
+    sums = probs.sum(-1)
+    if not bool(probs.isfinite().all()) or bool((probs < 0).any()) or bool(((sums - 1).abs() > 1e-3).any()):
+        worst = (sums - 1).abs().nan_to_num(nan=float("inf")).argmax().item()
+        raise ValueError(
+            "probs must be probability distributions over the last dim (finite, >= 0, summing to 1); got a row "
+            f"summing to {sums.flatten()[worst].item():.6g}, min entry {probs.min().item():.6g}"
+        )
     ref_logps, _ = bandit_ref_logps(ref_probs, probs.shape[-1])
     if ref_logps.numel() != probs.shape[-1]:
         raise ValueError(f"probs has {probs.shape[-1]} actions but ref_probs has {ref_logps.numel()}")

@@ -6,7 +6,7 @@ policy*, not the preference data.
 
 import torch
 
-from .checks import check_logps
+from .checks import check_logps, check_same_device
 from .logprobs import IGNORE_INDEX
 
 
@@ -68,13 +68,21 @@ def sequence_kl(
         )
     if tuple(labels.shape) != tuple(policy_logits.shape[:2]):
         raise ValueError(f"labels {tuple(labels.shape)} must be (B, T) = {tuple(policy_logits.shape[:2])}")
+    check_same_device(policy_logits=policy_logits, ref_logits=ref_logits, labels=labels)
     scored = labels[:, 1:] != ignore_index  # (B, T-1)
     # at most 8 chunks of rows, so no full (B, T, V) fp32 copy is held at once
     chunk_size = -(-policy_logits.shape[0] // 8)
     kls = []
-    for chunk_policy, chunk_ref in zip(policy_logits[:, :-1].split(chunk_size), ref_logits[:, :-1].split(chunk_size)):
-        policy_logp = chunk_policy.float().log_softmax(-1)  # (b, T-1, V)
-        ref_logp = chunk_ref.float().log_softmax(-1)
-        kls.append((policy_logp.exp() * (policy_logp - ref_logp)).sum(-1))  # (b, T-1)
+    for chunk_policy, chunk_ref, chunk_scored in zip(
+        policy_logits[:, :-1].split(chunk_size), ref_logits[:, :-1].split(chunk_size), scored.split(chunk_size)
+    ):
+        unscored = ~chunk_scored.unsqueeze(-1)  # (b, T-1, 1)
+        # mask before the normaliser: an inf or NaN logit at an unscored position sends no NaN gradient back
+        policy_logp = chunk_policy.float().masked_fill(unscored, 0.0).log_softmax(-1)  # (b, T-1, V)
+        ref_logp = chunk_ref.float().masked_fill(unscored, 0.0).log_softmax(-1)
+        policy_p = policy_logp.exp()
+        # 0 * log(0 / p_ref) = 0, also where both models put -inf on a token (-inf - -inf would be NaN)
+        log_ratio = torch.where(policy_p > 0, policy_logp - ref_logp, 0.0)
+        kls.append((policy_p * log_ratio).sum(-1))  # (b, T-1)
     per_token = torch.cat(kls)  # (B, T-1)
     return torch.where(scored, per_token, torch.zeros_like(per_token)).sum(-1)

@@ -10,6 +10,33 @@ import torch
 IGNORE_INDEX = -100
 
 
+class _ScoredLogSumExp(torch.autograd.Function):
+    """``logsumexp(logits, -1)`` at scored positions and 0 elsewhere; no gradient reaches unscored positions.
+
+    Masking *before* the normaliser matters for training: with an ``inf`` or NaN logit at a prompt or
+    padding position, ``torch.where`` after ``torch.logsumexp`` gives the right value but a NaN gradient
+    (0 * exp(nan)), which Adam writes into the weights. The forward is ``torch.logsumexp`` itself (the
+    same values, bit for bit); the backward is its usual ``grad * softmax(logits)``, zeroed where
+    unscored. Only the logits (a view) are saved, so no (B, T, V) copy is held for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+        normaliser = torch.logsumexp(logits, dim=-1)  # (b, T-1)
+        normaliser = torch.where(scored, normaliser, torch.zeros((), dtype=normaliser.dtype, device=normaliser.device))
+        ctx.save_for_backward(logits, scored, normaliser)
+        return normaliser
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        logits, scored, normaliser = ctx.saved_tensors
+        grad_logits = (logits - normaliser.unsqueeze(-1)).exp_()  # softmax, one chunk-sized temporary
+        grad_logits.mul_(grad.unsqueeze(-1))
+        grad_logits.masked_fill_(~scored.unsqueeze(-1), 0.0)  # inf * 0 or NaN at unscored positions -> 0
+        return grad_logits, None
+
+
 def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> None:
     if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise TypeError("logits and labels must be torch.Tensors")
@@ -23,6 +50,11 @@ def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor, ignore_inde
         raise ValueError(
             f"labels must have shape (B, T) = {tuple(logits.shape[:2])} to match logits "
             f"{tuple(logits.shape)}, got {tuple(labels.shape)}"
+        )
+    if logits.device != labels.device:
+        raise ValueError(
+            f"logits (on {logits.device}) and labels (on {labels.device}) must be on one device; "
+            "move them with .to(device)"
         )
     scored = labels[:, 1:][labels[:, 1:] != ignore_index]
     vocab_size = logits.shape[-1]
@@ -39,7 +71,9 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int
 
     Computed as ``logit[label] - logsumexp(logits)`` over at most 8 chunks of rows, so no second
     (B, T, V) tensor is ever held (the naive ``logits.log_softmax(-1).gather(...)`` holds a full copy;
-    TRL's ``selective_log_softmax`` uses the same trick). Gradients flow as usual.
+    TRL's ``selective_log_softmax`` uses the same trick). Gradients flow as usual through scored
+    positions and not at all through unscored ones (the mask comes before the normaliser), so an
+    ``inf`` or NaN logit at a prompt or padding position gives neither a NaN value nor a NaN gradient.
 
     Args:
         logits: (B, T, V) floating point, from the model for ``input_ids``.
@@ -57,10 +91,12 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int
     # At most 8 chunks of rows: each chunk's fp32 logsumexp holds ~1/8 of the logits at a time.
     chunk_size = -(-next_logits.shape[0] // 8)
     chunks = []
-    for chunk_logits, chunk_labels in zip(next_logits.split(chunk_size), safe_labels.split(chunk_size)):
+    for chunk_logits, chunk_labels, chunk_scored in zip(
+        next_logits.split(chunk_size), safe_labels.split(chunk_size), scored.split(chunk_size)
+    ):
         picked = chunk_logits.gather(-1, chunk_labels.unsqueeze(-1)).squeeze(-1)  # (b, T-1)
         # torch's reductions accumulate half precision in fp32 already: no fp32 copy of the chunk
-        normaliser = torch.logsumexp(chunk_logits, dim=-1)  # (b, T-1)
+        normaliser = _ScoredLogSumExp.apply(chunk_logits, chunk_scored)  # (b, T-1); 0 where unscored
         chunks.append(picked - normaliser)
     per_token = torch.cat(chunks)  # (B, T-1)
     return torch.where(scored, per_token, torch.zeros_like(per_token))  # 0 where unscored, even if logits there are inf

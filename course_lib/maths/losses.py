@@ -12,7 +12,7 @@ log-ratios ("h" in the IPO paper, Azar et al. 2023).
 import torch
 import torch.nn.functional as F
 
-from .checks import check_logps, check_positive
+from .checks import check_finite, check_logps, check_positive, check_same_device
 
 
 def log_ratio_margin(
@@ -59,13 +59,19 @@ def dpo_loss(
     Returns:
         (B,) per-pair losses.
     """
-    check_positive("beta", beta)
+    beta = check_positive("beta", beta)
+    check_finite("label_smoothing", label_smoothing)
     if not 0.0 <= float(label_smoothing) < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
+    margin = check_finite("margin", margin)
     h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     z = beta * h - margin  # (B,)
     # -logsigmoid(z) == softplus(-z): the same stable function, and cheaper on small CPU tensors
-    return (1.0 - label_smoothing) * F.softplus(-z) + label_smoothing * F.softplus(z)
+    loss = F.softplus(-z)
+    eps = float(label_smoothing)
+    if eps == 0.0:  # no smoothing term at all: 0 * softplus(z) is NaN once beta * h overflows to inf
+        return loss
+    return (1.0 - eps) * loss + eps * F.softplus(z)
 
 
 def ipo_loss(
@@ -94,7 +100,7 @@ def ipo_loss(
     Returns:
         (B,) per-pair losses.
     """
-    check_positive("beta", beta)
+    beta = check_positive("beta", beta)
     h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return (h - 1.0 / (2.0 * beta)) ** 2
 
@@ -115,7 +121,7 @@ def hinge_loss(
     Returns:
         (B,) per-pair losses.
     """
-    check_positive("beta", beta)
+    beta = check_positive("beta", beta)
     h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return torch.relu(1.0 - beta * h)
 
@@ -143,16 +149,45 @@ def _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards) ->
         )
     if candidate_logps.shape[1] < 2:
         raise ValueError(f"RRHF ranks K >= 2 candidates per prompt, got K = {candidate_logps.shape[1]}")
-    if bool((candidate_lengths <= 0).any()):
+    check_same_device(
+        candidate_logps=candidate_logps, candidate_lengths=candidate_lengths, candidate_rewards=candidate_rewards
+    )
+    if candidate_rewards.is_floating_point() and bool(candidate_rewards.isnan().any()):
+        rows = torch.nonzero(candidate_rewards.isnan().any(dim=1)).flatten().tolist()
         raise ValueError(
-            f"candidate_lengths must all be > 0 (number of response tokens), got min {candidate_lengths.min().item()}"
+            f"candidate_rewards hold NaN (prompts {rows}): a NaN reward has no rank, and argmax would make it "
+            "the best candidate"
         )
+    _check_lengths(candidate_lengths)
+
+
+def _check_lengths(candidate_lengths: torch.Tensor) -> None:
+    """Every length is a finite number > 0 (NaN fails ``> 0`` too)."""
+    bad = ~(candidate_lengths > 0)
+    if candidate_lengths.is_floating_point():
+        bad |= ~candidate_lengths.isfinite()
+    if bool(bad.any()):
+        value = candidate_lengths[bad][0].item()
+        raise ValueError(f"candidate_lengths must all be finite and > 0 (numbers of response tokens), got {value}")
 
 
 def rrhf_scores(
     candidate_logps: torch.Tensor, candidate_lengths: torch.Tensor, *, length_penalty: float = 1.0
 ) -> torch.Tensor:
     """RRHF score ``p_i = logp_i / |y_i| ** length_penalty`` (Yuan et al. 2023, Eq. 1). (B, K) -> (B, K)."""
+    for name, value in (("candidate_logps", candidate_logps), ("candidate_lengths", candidate_lengths)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B, K), got {type(value).__name__}")
+    if not candidate_logps.is_floating_point():
+        raise TypeError(f"candidate_logps must be floating point, got dtype {candidate_logps.dtype}")
+    if candidate_lengths.shape != candidate_logps.shape:
+        raise ValueError(
+            f"candidate_lengths {tuple(candidate_lengths.shape)} must have the shape of candidate_logps "
+            f"{tuple(candidate_logps.shape)}"
+        )
+    check_same_device(candidate_logps=candidate_logps, candidate_lengths=candidate_lengths)
+    length_penalty = check_finite("length_penalty", length_penalty)
+    _check_lengths(candidate_lengths)
     return candidate_logps / candidate_lengths.to(candidate_logps.dtype) ** length_penalty
 
 
@@ -207,5 +242,6 @@ def rrhf_loss(
     Returns:
         (B,) per-prompt losses. Use :func:`rrhf_loss_terms` for the two terms separately.
     """
+    sft_weight = check_finite("sft_weight", sft_weight, minimum=0.0)
     rank, sft = rrhf_loss_terms(candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty)
     return rank + sft_weight * sft

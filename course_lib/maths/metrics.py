@@ -11,7 +11,7 @@ def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, *, bet
     Args:
         policy_logps, ref_logps: (B,). Returns: (B,).
     """
-    check_positive("beta", beta)
+    beta = check_positive("beta", beta)
     check_logps(policy_logps=policy_logps, ref_logps=ref_logps)
     return beta * (policy_logps - ref_logps)
 
@@ -42,6 +42,8 @@ def preference_metrics(
         ref_chosen_logps=ref_chosen_logps,
         ref_rejected_logps=ref_rejected_logps,
     )
+    if policy_chosen_logps.numel() == 0:
+        raise ValueError("preference_metrics needs at least one pair: the log-prob tensors are empty (B = 0)")
     chosen_rewards = implicit_rewards(policy_chosen_logps, ref_chosen_logps, beta=beta).float()
     rejected_rewards = implicit_rewards(policy_rejected_logps, ref_rejected_logps, beta=beta).float()
     return {
