@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.loop.evaluation import evaluate_policy, preference_accuracy
+from course_lib.loop.evaluation import evaluate_policy, make_evaluator, preference_accuracy
 from course_lib.loop.training import History, train_preference, train_rrhf, train_sft
 from course_lib.maths.losses import dpo_loss
 from course_lib.toyworld.data import load_preferences, load_rankings, load_sft_corpus
@@ -138,24 +138,52 @@ def test_step_one_accuracy_is_zero(world):
         assert _train(world, steps=1, seed=seed)[0]["rewards/accuracies"] == 0.0
 
 
+def _evaluator(world, **kwargs):
+    settings = dict(pairs=world["test_pairs"][:16], prompts=world["test_prompts"], n_samples=8, batch_size=8)
+    return make_evaluator(world["reference"], world["tokenizer"], **{**settings, **kwargs})
+
+
 def test_held_out_evaluation_every_n_steps(world):
-    history = _train(
-        world,
-        steps=4,
-        eval_every=2,
-        eval_pairs=world["test_pairs"][:16],
-        eval_prompts=world["test_prompts"],
-        eval_samples=8,
-    )
+    history = _train(world, steps=4, evaluate=_evaluator(world, every=2))
     assert [e["step"] for e in history.evals] == [0, 2, 4]
     for e in history.evals:
         assert set(EVAL_KEYS) <= set(e) and all(e[k] is not None for k in EVAL_KEYS)
     assert (
         history.evals[0]["preference_accuracy"] == 0.0 and history.evals[0]["kl"] == 0.0
     )  # step 0: policy == reference
-    odd = _train(world, steps=4, eval_every=3, eval_pairs=world["test_pairs"][:16], eval_prompts=None)
+    odd = _train(world, steps=4, evaluate=_evaluator(world, every=3, prompts=None))
     assert [e["step"] for e in odd.evals] == [0, 3, 4]  # every 3 steps, and the last step
     assert all(e["kl"] is None and e["preference_accuracy"] is not None for e in odd.evals)
+
+
+def test_evaluate_callback_sees_the_policy_at_step_0_and_after_every_step(world):
+    """The trainer's side of the callback: it calls evaluate(policy, step, steps) and keeps non-None results."""
+    calls = []
+    policy = _copy(world["reference"])
+
+    def evaluate(seen_policy, step, steps):
+        calls.append((seen_policy is policy, step, steps, seen_policy.training))
+        return {"weight": seen_policy.transformer.wte.weight.sum().item()} if step % 2 == 0 else None
+
+    history = _train(world, policy=policy, steps=5, evaluate=evaluate)
+    assert calls == [(True, step, 5, False) for step in range(6)]  # in eval mode (no dropout), as trained
+    assert [e["step"] for e in history.evals] == [0, 2, 4]
+    assert history.evals[0]["weight"] != history.evals[-1]["weight"]  # evaluated as training moved it
+
+
+def test_the_same_evaluator_serves_several_runs(world):
+    evaluate = _evaluator(world, every=2, prompts=None)
+    first, second = (_train(world, steps=2, evaluate=evaluate) for _ in range(2))
+    assert first.evals == second.evals  # it holds no state of its own between runs
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(every=0), "every"), (dict(every=2.0), "every"), (dict(every=2, pairs=None, prompts=None), "pairs")],
+)
+def test_make_evaluator_rejects_bad_arguments(world, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _evaluator(world, **kwargs)
 
 
 # ----------------------------------------------------------------------------- the reference and the forward pass
@@ -334,10 +362,9 @@ def test_train_rrhf_without_reference(world):
         seed=0,
         device="cpu",
         tokenizer=world["tokenizer"],
-        reference=None,
         progress=False,
     )
-    assert len(history) == 3 and history.column("step") == [1, 2, 3]
+    assert len(history) == 3 and history.column("step") == [1, 2, 3] and history.evals == []
     for entry in history:
         assert {"loss", "rank_loss", "sft_loss", "logps/candidates", "logps/best", "ranking_accuracy"} <= set(entry)
         assert entry["loss"] == pytest.approx(entry["rank_loss"] + 0.5 * entry["sft_loss"], rel=1e-5)
