@@ -424,8 +424,18 @@ def test_broken_implementation_gets_its_diagnosis(checker, fn, texts, capsys):
         assert text in flat, f"expected {text!r} in:\n{out}"
 
 
-def test_enough_broken_implementations():
-    assert len(DPO_BROKEN) >= 8 and len(IPO_BROKEN) >= 8 and len(RRHF_BROKEN) >= 8
+@pytest.mark.parametrize(
+    "checker, broken",
+    [(check_dpo_loss, DPO_BROKEN), (check_ipo_loss, IPO_BROKEN), (check_rrhf_loss, RRHF_BROKEN)],
+    ids=["dpo", "ipo", "rrhf"],
+)
+def test_each_checker_tells_at_least_8_broken_implementations_apart(checker, broken, capsys):
+    """The checker does not answer every mistake the same way: at least 8 different diagnoses."""
+    diagnoses = set()
+    for fn, _ in broken:
+        assert checker(fn) is False
+        diagnoses.add(capsys.readouterr().out.replace(fn.__name__, "my_fn"))
+    assert len(diagnoses) >= 8
 
 
 # ---------------------------------------------------------------------------------------------------

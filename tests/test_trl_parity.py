@@ -151,6 +151,8 @@ def test_dpo_trainer_step_matches_course_lib(toy, tmp_path, loss_type):
     reference, policy, tokenizer, pairs = toy
     logged, _ = run_trl_step(reference, policy, tokenizer, pairs, loss_type, tmp_path)
     ours = course_values(reference, policy, tokenizer, pairs, TRL_TO_COURSE[loss_type])
+    # what a real DPOTrainer step logs under rewards/* and logps/* is exactly preference_metrics' keys
+    assert {key for key in logged if key.startswith(("rewards/", "logps/"))} == set(ours) - {"loss", "margin"}
     assert logged["loss"] == approx(ours["loss"])
     for key in METRICS:
         assert logged[key] == approx(ours[key]), key

@@ -21,6 +21,7 @@ import torch
 
 from ..maths.kl import kl_estimators, sequence_kl
 from ..maths.logprobs import sequence_logps
+from ..maths.losses import log_ratio_margin
 from ..toyworld.batching import encode_prompt_response
 from ..toyworld.runtime import runs_tiny_models_on_one_thread
 from ..toyworld.sampling import sample_responses
@@ -44,9 +45,12 @@ def preference_accuracy(
     """
     policy_logps = pair_logps(policy, tokenizer, pairs, batch_size=batch_size)
     ref_logps = ref_logps if ref_logps is not None else pair_logps(reference, tokenizer, pairs, batch_size=batch_size)
-    h = (policy_logps["chosen_logps"] - ref_logps["chosen_logps"]) - (
-        policy_logps["rejected_logps"] - ref_logps["rejected_logps"]
-    )
+    h = log_ratio_margin(
+        policy_logps["chosen_logps"],
+        policy_logps["rejected_logps"],
+        ref_logps["chosen_logps"],
+        ref_logps["rejected_logps"],
+    )  # (N,)
     return (h > 0).float().mean().item()
 
 

@@ -10,7 +10,7 @@ import contextlib
 
 import torch
 
-from ..maths.logprobs import token_logps
+from ..maths.logprobs import IGNORE_INDEX, token_logps
 from ..toyworld.batching import encode_prompt_response
 from ..toyworld.runtime import runs_tiny_models_on_one_thread
 
@@ -62,7 +62,7 @@ def response_logps(
         ).logits
     labels = batch["labels"][:, :width]
     logps = token_logps(logits.float(), labels).sum(-1)  # (N,)
-    lengths = (labels[:, 1:] != -100).sum(-1)  # (N,)
+    lengths = (labels[:, 1:] != IGNORE_INDEX).sum(-1)  # (N,)
     return logps, lengths
 
 

@@ -23,14 +23,21 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..maths.losses import PAIRWISE_LOSSES, log_ratio_margin, rrhf_loss_terms
+from ..maths.logprobs import IGNORE_INDEX
+from ..maths.losses import (
+    PairwiseLoss,
+    log_ratio_margin,
+    resolve_loss,
+    reward_order_mask,
+    rrhf_loss_terms,
+    rrhf_scores,
+)
 from ..maths.metrics import preference_metrics
 from ..toyworld.batching import encode_prompt_response
 from ..toyworld.runtime import runs_tiny_models_on_one_thread
 from .device import default_device
 from .scoring import response_logps
 
-PairwiseLoss = Callable[..., torch.Tensor]
 #: ``evaluate(policy, step, steps) -> dict | None``: called before the first step (step 0) and after every step;
 #: a dict is stored in ``history.evals`` with its step, None skips that step.
 Evaluate = Callable[[torch.nn.Module, int, int], "dict | None"]
@@ -50,15 +57,6 @@ class History(list):
         if self and key not in self[0]:
             raise KeyError(f"no {key!r} in the history; keys are {sorted(self[0])}")
         return [entry[key] for entry in self]
-
-
-def resolve_loss(loss: str | PairwiseLoss) -> PairwiseLoss:
-    """A loss name ("dpo", "ipo", "hinge") or a callable ``fn(pc, pr, rc, rr, *, beta) -> (B,)``."""
-    if callable(loss):
-        return loss
-    if loss not in PAIRWISE_LOSSES:
-        raise ValueError(f"loss must be one of {sorted(PAIRWISE_LOSSES)} or a callable, got {loss!r}")
-    return PAIRWISE_LOSSES[loss]
 
 
 def default_length_normalize(loss: str | PairwiseLoss) -> bool:
@@ -211,29 +209,27 @@ def train_preference(
         batch = {k: v[torch.cat([idx, idx + n])] for k, v in both.items()}
         logps, lengths = response_logps(policy, batch, trim=trim)  # (2b,)
         b = len(idx)
-        summed = {
-            "pc": logps[:b],
-            "pr": logps[b:],
-            "rc": ref["chosen_logps"][idx].to(logps.device),
-            "rr": ref["rejected_logps"][idx].to(logps.device),
+        summed = {  # (b,) each, in the losses' argument order
+            "policy_chosen_logps": logps[:b],
+            "policy_rejected_logps": logps[b:],
+            "ref_chosen_logps": ref["chosen_logps"][idx].to(logps.device),
+            "ref_rejected_logps": ref["rejected_logps"][idx].to(logps.device),
         }
-        if length_normalize:
-            len_c, len_r = lengths[:b].to(logps.dtype), lengths[b:].to(logps.dtype)
+        if length_normalize:  # each log-prob divided by its response's length
+            chosen_lengths, rejected_lengths = lengths[:b].to(logps.dtype), lengths[b:].to(logps.dtype)
             seen = {
-                "pc": summed["pc"] / len_c,
-                "pr": summed["pr"] / len_r,
-                "rc": summed["rc"] / len_c,
-                "rr": summed["rr"] / len_r,
+                name: value / (chosen_lengths if "chosen" in name else rejected_lengths)
+                for name, value in summed.items()
             }
         else:
             seen = summed
-        per_pair = loss_fn(seen["pc"], seen["pr"], seen["rc"], seen["rr"], beta=beta, **extra)
+        per_pair = loss_fn(*seen.values(), beta=beta, **extra)
         if not isinstance(per_pair, torch.Tensor):
             raise TypeError(f"the loss function must return a torch.Tensor, got {type(per_pair).__name__}")
         with torch.no_grad():
             record = {
-                "margin": log_ratio_margin(seen["pc"], seen["pr"], seen["rc"], seen["rr"]).mean().item(),
-                **preference_metrics(summed["pc"], summed["pr"], summed["rc"], summed["rr"], beta=beta),
+                "margin": log_ratio_margin(*seen.values()).mean().item(),
+                **preference_metrics(*summed.values(), beta=beta),
             }
         return per_pair.mean(), record
 
@@ -253,7 +249,7 @@ def train_preference(
 
 def _pad_to(tensor: torch.Tensor, width: int, key: str, tokenizer) -> torch.Tensor:
     """Right-pad an encoded (N, T) tensor to (N, width) with the value padding uses for ``key``."""
-    fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "labels": -100}[key]
+    fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}[key]
     pad = torch.full((tensor.shape[0], width - tensor.shape[1]), fill, dtype=tensor.dtype)
     return torch.cat([tensor, pad], dim=1)
 
@@ -312,9 +308,9 @@ def train_rrhf(
             candidate_logps, candidate_lengths, candidate_rewards, length_penalty=length_penalty
         )
         with torch.no_grad():
-            scores = candidate_logps / candidate_lengths.to(logps.dtype) ** length_penalty
-            ordered = candidate_rewards.unsqueeze(2) < candidate_rewards.unsqueeze(1)  # (b, K, K)
-            agree = (scores.unsqueeze(2) < scores.unsqueeze(1)) & ordered
+            scores = rrhf_scores(candidate_logps, candidate_lengths, length_penalty=length_penalty)  # (b, K)
+            ordered = reward_order_mask(candidate_rewards)  # (b, K, K): r_i < r_j
+            agree = reward_order_mask(scores) & ordered  # ... and p_i < p_j
             record = {
                 "rank_loss": rank.mean().item(),
                 "sft_loss": sft.mean().item(),

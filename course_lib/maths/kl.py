@@ -48,11 +48,13 @@ def sequence_kl(
         (B,) KL per sequence, in fp32.
     """
     for name, value in (("policy_logits", policy_logits), ("ref_logits", ref_logits)):
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() != 3:
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():  # a wrong type: TypeError
             raise TypeError(
                 f"{name} must be a floating-point tensor of shape (B, T, V), got "
-                f"{getattr(value, 'dtype', type(value).__name__)} {tuple(getattr(value, 'shape', ()))}"
+                f"{getattr(value, 'dtype', type(value).__name__)}"
             )
+        if value.dim() != 3:  # a wrong shape: ValueError, as in course_lib.maths.logprobs
+            raise ValueError(f"{name} must have shape (B, T, V), got {tuple(value.shape)}")
     if (
         not isinstance(labels, torch.Tensor)
         or labels.is_floating_point()

@@ -9,6 +9,8 @@ Notation: ``h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)`
 log-ratios ("h" in the IPO paper, Azar et al. 2023).
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -126,7 +128,20 @@ def hinge_loss(
     return torch.relu(1.0 - beta * h)
 
 
-PAIRWISE_LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss, "hinge": hinge_loss}
+#: A pairwise loss: four (B,) log-prob tensors and ``beta`` (keyword) -> (B,) losses.
+PairwiseLoss = Callable[..., torch.Tensor]
+PAIRWISE_LOSSES: dict[str, PairwiseLoss] = {"dpo": dpo_loss, "ipo": ipo_loss, "hinge": hinge_loss}
+
+
+def resolve_loss(loss: str | PairwiseLoss) -> PairwiseLoss:
+    """A pairwise loss by name ("dpo", "ipo", "hinge": :data:`PAIRWISE_LOSSES`), or ``loss`` itself when it
+    is a callable with the library losses' signature ``fn(policy_chosen_logps, policy_rejected_logps,
+    ref_chosen_logps, ref_rejected_logps, *, beta) -> (B,)``. Raises ValueError for anything else."""
+    if callable(loss):
+        return loss
+    if isinstance(loss, str) and loss in PAIRWISE_LOSSES:
+        return PAIRWISE_LOSSES[loss]
+    raise ValueError(f"loss must be one of {sorted(PAIRWISE_LOSSES)} or a callable, got {loss!r}")
 
 
 def _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards) -> None:
@@ -191,6 +206,15 @@ def rrhf_scores(
     return candidate_logps / candidate_lengths.to(candidate_logps.dtype) ** length_penalty
 
 
+def reward_order_mask(candidate_rewards: torch.Tensor) -> torch.Tensor:
+    """The pairs RRHF's rank loss counts (Yuan et al. 2023, Eq. 2): ``worse[b, i, j] = r_i < r_j``. (B, K) -> (B, K, K).
+
+    Strict, so ties in reward never count; compared in the rewards' own dtype (casting them to bf16
+    log-probs could turn close rewards into ties).
+    """
+    return candidate_rewards.unsqueeze(2) < candidate_rewards.unsqueeze(1)
+
+
 def rrhf_loss_terms(
     candidate_logps: torch.Tensor,
     candidate_lengths: torch.Tensor,
@@ -206,9 +230,7 @@ def rrhf_loss_terms(
     """
     _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards)
     scores = rrhf_scores(candidate_logps, candidate_lengths, length_penalty=length_penalty)  # (B, K)
-    # worse[b, i, j] is True when candidate i has a lower reward than candidate j (compared in the
-    # rewards' own dtype: casting them to bf16 log-probs could turn close rewards into ties)
-    worse = candidate_rewards.unsqueeze(2) < candidate_rewards.unsqueeze(1)  # (B, K, K)
+    worse = reward_order_mask(candidate_rewards)  # (B, K, K): candidate i has a lower reward than j
     score_gap = scores.unsqueeze(2) - scores.unsqueeze(1)  # (B, K, K): p_i - p_j
     rank = (torch.relu(score_gap) * worse.to(scores.dtype)).sum(dim=(1, 2))  # (B,)
     best = candidate_rewards.argmax(dim=1, keepdim=True)  # (B, 1)

@@ -11,27 +11,19 @@ Everything here is exact: no sampling of responses, and the KL from the referenc
 :mod:`course_lib.maths.bandit`; this module trains on the bandit and stores the sweep.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from ..maths.bandit import bandit_ref_logps, check_preferences
 from ..maths.checks import check_positive
-from ..maths.losses import PAIRWISE_LOSSES
+from ..maths.losses import PairwiseLoss, resolve_loss
 
 #: The IPO paper's dataset D1 = {(a, b), (b, c), (a, c)} with a, b, c = 0, 1, 2: a total order a > b > c.
 D1 = ((0, 1), (1, 2), (0, 2))
 
-LossArg = str | Callable[..., torch.Tensor]
-
-
-def _resolve_loss(loss: LossArg) -> Callable[..., torch.Tensor]:
-    if callable(loss):
-        return loss
-    if isinstance(loss, str) and loss in PAIRWISE_LOSSES:
-        return PAIRWISE_LOSSES[loss]
-    raise ValueError(f"loss must be one of {sorted(PAIRWISE_LOSSES)} or a callable, got {loss!r}")
+LossArg = str | PairwiseLoss
 
 
 def sample_pair_indices(n_pairs: int, *, steps: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -87,7 +79,7 @@ def train_bandit_sweep(
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     if int(record_every) < 1 or int(steps) % int(record_every):
         raise ValueError(f"record_every must be >= 1 and divide steps={steps}, got {record_every}")
-    loss_fns = [_resolve_loss(loss) for loss in losses]
+    loss_fns = [resolve_loss(loss) for loss in losses]
     ref_n = None if ref_probs is None else torch.as_tensor(ref_probs).numel()
     winners, losers, n_actions = check_preferences(preferences, ref_n)
     ref_logps, n_actions = bandit_ref_logps(ref_probs, n_actions)  # (n,)

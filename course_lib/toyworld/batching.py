@@ -15,7 +15,7 @@ import weakref
 
 import torch
 
-IGNORE_INDEX = -100
+from ..maths.logprobs import IGNORE_INDEX
 
 
 def _word_ids(vocab: dict[str, int], text: str, what: str, index: int) -> list[int]:

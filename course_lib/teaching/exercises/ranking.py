@@ -8,7 +8,7 @@ numbers on every case.
 import torch
 import torch.nn.functional as F
 
-from ...maths.losses import rrhf_loss, rrhf_loss_terms, rrhf_scores
+from ...maths.losses import reward_order_mask, rrhf_loss, rrhf_loss_terms, rrhf_scores
 from .engine import Case, Exercise, Mistake, format_numbers
 
 # --------------------------------------------------------------------------------------------------
@@ -65,7 +65,7 @@ class _Rankings:
         self.kwargs = {"length_penalty": self.length_penalty, "sft_weight": self.sft_weight}
         self.rank, self.sft = rrhf_loss_terms(*self.args, length_penalty=self.length_penalty)  # (B,), (B,)
         self.scores = rrhf_scores(self.logps, self.lengths, length_penalty=self.length_penalty)  # (B, K)
-        worse = self.rewards.unsqueeze(2) < self.rewards.unsqueeze(1)  # (B, K, K): r_i < r_j
+        worse = reward_order_mask(self.rewards)  # (B, K, K): r_i < r_j
         self.n_pairs = worse.sum(dim=(1, 2)).to(torch.float64)  # (B,) pairs that count
         self.k = self.logps.shape[1]
         self.best, self.worst = self.rewards.argmax(dim=1), self.rewards.argmin(dim=1)  # (B,) indices
@@ -75,7 +75,7 @@ class _Rankings:
         """sum over pairs with r_i < r_j (r_i <= r_j, i != j if ``ties``) of hinge(p_i - p_j). (B,)."""
         scores = self.scores if scores is None else scores
         r = self.rewards
-        counts = (r.unsqueeze(2) <= r.unsqueeze(1)) if ties else (r.unsqueeze(2) < r.unsqueeze(1))  # (B, K, K)
+        counts = (r.unsqueeze(2) <= r.unsqueeze(1)) if ties else reward_order_mask(r)  # (B, K, K)
         counts = counts & ~torch.eye(self.k, dtype=torch.bool)
         gap = scores.unsqueeze(2) - scores.unsqueeze(1)  # (B, K, K): p_i - p_j
         return (hinge(-gap if reverse else gap) * counts).sum(dim=(1, 2))
