@@ -6,6 +6,7 @@ Everything runs on CPU, single-threaded, on small slices of the toy data; only
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import statistics
@@ -169,6 +170,23 @@ def test_evaluate_callback_sees_the_policy_at_step_0_and_after_every_step(world)
     assert calls == [(True, step, 5, False) for step in range(6)]  # in eval mode (no dropout), as trained
     assert [e["step"] for e in history.evals] == [0, 2, 4]
     assert history.evals[0]["weight"] != history.evals[-1]["weight"]  # evaluated as training moved it
+
+
+def test_the_evaluator_borrows_the_reference_to_the_policys_device(world, monkeypatch):
+    """On CUDA the trainer leaves the reference on the CPU; each evaluation brings it to the policy's device."""
+    import course_lib.loop.evaluation as evaluation
+
+    seen, real_borrowed = [], evaluation.borrowed
+
+    @contextlib.contextmanager
+    def watching(model, device):
+        seen.append((model is world["reference"], device))
+        with real_borrowed(model, device) as borrowed_model:
+            yield borrowed_model
+
+    monkeypatch.setattr(evaluation, "borrowed", watching)
+    _train(world, steps=2, evaluate=_evaluator(world, every=2, prompts=None))
+    assert seen == [(True, torch.device("cpu"))] * 2  # steps 0 and 2
 
 
 def test_the_same_evaluator_serves_several_runs(world):
