@@ -37,7 +37,13 @@ def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
 @torch.no_grad()
 @runs_tiny_models_on_one_thread
 def preference_accuracy(
-    policy, reference, tokenizer, pairs: list[dict], *, ref_logps: dict | None = None, batch_size: int = 128
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    tokenizer,
+    pairs: list[dict],
+    *,
+    ref_logps: dict[str, torch.Tensor] | None = None,
+    batch_size: int = 128,
 ) -> float:
     """Fraction of pairs with h > 0 (summed log-probs; strict, so ties count as wrong).
 
@@ -57,8 +63,8 @@ def preference_accuracy(
 @torch.no_grad()
 @runs_tiny_models_on_one_thread
 def sample_kl(
-    policy,
-    reference,
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
     tokenizer,
     prompts: list,
     *,
@@ -81,7 +87,9 @@ def sample_kl(
     return {"responses": responses, **{k: torch.cat([part[k] for part in parts]) for k in ("kl", "k1", "k3")}}
 
 
-def _chunk_kl(policy, reference, tokenizer, prompts: list, responses: list[str]) -> dict:
+def _chunk_kl(
+    policy: torch.nn.Module, reference: torch.nn.Module, tokenizer, prompts: list, responses: list[str]
+) -> dict[str, torch.Tensor]:
     """Exact KL, k1 and k3 of one chunk of (prompt, sampled response) pairs, on CPU."""
     batch = {k: v.to(model_device(policy)) for k, v in encode_prompt_response(tokenizer, prompts, responses).items()}
     with autocast_for(model_device(policy)):
@@ -103,8 +111,8 @@ def _chunk_kl(policy, reference, tokenizer, prompts: list, responses: list[str])
 @torch.no_grad()
 @runs_tiny_models_on_one_thread
 def evaluate_policy(
-    policy,
-    reference,
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
     tokenizer,
     *,
     pairs: list[dict] | None = None,

@@ -68,7 +68,9 @@ def response_logps(
 
 @torch.no_grad()
 @runs_tiny_models_on_one_thread
-def pair_logps(model, tokenizer, pairs: list[dict], *, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def pair_logps(
+    model: torch.nn.Module, tokenizer, pairs: list[dict], *, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
     """Summed log-probs and lengths of every pair's chosen and rejected response, on CPU.
 
     Returns ``{"chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths"}``, each (N,).
