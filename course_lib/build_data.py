@@ -1,6 +1,6 @@
 """Rebuild the toy world's data: ``python -m course_lib.build_data``.
 
-    python -m course_lib.build_data [--out DIR] [--seed 0] [--small]
+    python -m course_lib.build_data [--out DIR] [--seed 0] [--small] [--force]
     python -m course_lib.build_data --d1-sweep     # only the IPO bandit's stored sweep (a few minutes)
 
 The build itself is :mod:`course_lib.toyworld.build` (and :func:`course_lib.toyworld.bandit.build_d1_sweep`).
@@ -9,13 +9,14 @@ The build itself is :mod:`course_lib.toyworld.build` (and :func:`course_lib.toyw
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from .toyworld.bandit import build_d1_sweep
-from .toyworld.build import build
+from .toyworld.build import BuildRefused, build
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.build_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="output folder (default: the repository's data/)")
     parser.add_argument("--seed", type=int, default=0)
@@ -25,13 +26,30 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="rebuild only data/bandit/d1_sweep.pt, the IPO bandit's stored sweep (a few minutes)",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="build into --out even when that deletes files no earlier build wrote there",
+    )
     args = parser.parse_args(argv)
-    if args.d1_sweep:
-        began = time.perf_counter()
-        print(f"wrote {build_d1_sweep()} in {time.perf_counter() - began:.0f} s")
-        return
-    build(args.out, seed=args.seed, small=args.small)
+    try:
+        if args.d1_sweep:
+            began = time.perf_counter()
+            print(f"wrote {build_d1_sweep()} in {time.perf_counter() - began:.0f} s")
+            return 0
+        build(args.out, seed=args.seed, small=args.small, force=args.force)
+    except BuildRefused as err:
+        print(f"{parser.prog}: error: --out: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"{parser.prog}: interrupted; {args.out or 'the data folder'} may be incomplete: rerun the same command "
+            "with --force to rebuild it (or restore data/ with `git checkout -- data/`)",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

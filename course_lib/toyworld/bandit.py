@@ -209,17 +209,41 @@ def build_d1_sweep(path: str | Path | None = None) -> Path:
         },
         path,
     )
+    from .data import MANIFEST, update_manifest
+
+    folder = path.resolve().parent.parent  # <data>/bandit/d1_sweep.pt: keep <data>'s manifest in step
+    if (folder / MANIFEST).is_file():
+        update_manifest(folder, [path.resolve().relative_to(folder).as_posix()])
     return path
 
 
 def load_d1_sweep(path: str | Path | None = None) -> dict:
     """Load the stored D1 sweep: a dict with the :data:`D1_SWEEP` settings, ``preferences`` and ``probs``
     of shape (losses, betas, seeds, steps // record_every, 3); ``probs[..., k, :]`` is the policy after
-    update ``(k + 1) * record_every``. Raises FileNotFoundError with the command that rebuilds it."""
+    update ``(k + 1) * record_every``. Raises FileNotFoundError with the command that rebuilds it.
+
+    When the file is listed in the data folder's ``MANIFEST.sha256`` (the default path is), it is checked
+    against it first: a changed or truncated file raises DataIntegrityError naming it; a file that
+    cannot be read raises ValueError naming it."""
+    from .data import MANIFEST, read_manifest, verify_manifest
+
     path = Path(path) if path is not None else d1_sweep_path()
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; rebuild it with `python -m course_lib.build_data --d1-sweep`")
-    sweep = torch.load(path, weights_only=True)
+    folder = path.resolve().parent.parent
+    rel = path.resolve().relative_to(folder).as_posix()
+    if (folder / MANIFEST).is_file() and rel in read_manifest(folder):
+        verify_manifest(folder, [rel])
+    try:
+        sweep = torch.load(path, weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}): it is truncated or "
+            "corrupt; restore it with `git checkout -- data/` or rebuild it with "
+            "`python -m course_lib.build_data --d1-sweep`"
+        ) from err
+    if not isinstance(sweep, dict) or "probs" not in sweep:
+        raise ValueError(f"{path} does not hold a D1 sweep (a dict with 'probs'); rebuild it")
     for key, value in D1_SWEEP.items():
         if tuple(sweep[key]) != tuple(value) if isinstance(value, tuple) else sweep[key] != value:
             raise ValueError(f"{path} was built with {key}={sweep[key]!r}, the library expects {value!r}; rebuild it")

@@ -57,10 +57,16 @@ def encode_prompt(tokenizer, prompt, index: int = 0) -> list[int]:
     conversation itself), else plain ``tokenizer(prompt)`` ids.
     """
     if isinstance(prompt, list):
+        check_messages(prompt, f"prompt {index}")
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"prompt {index} is a conversation, but the tokenizer has no chat template")
         ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    if not isinstance(prompt, str):
+        raise TypeError(
+            f"prompt {index} must be a string or a list of {{'role', 'content'}} messages, "
+            f"got {type(prompt).__name__}: {prompt!r}"
+        )
     if is_word_level(tokenizer):
         return _word_ids(_words_only(tokenizer), prompt, "prompt", index)
     if not prompt.strip():
@@ -74,8 +80,23 @@ def encode_prompt(tokenizer, prompt, index: int = 0) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])
 
 
+def check_messages(messages, what: str) -> None:
+    """A conversation: a non-empty list of ``{"role": str, "content": str}``; else ValueError naming ``what``."""
+    if not messages:
+        raise ValueError(f"{what} is an empty conversation")
+    for k, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"{what}: message {k} must be a {{'role', 'content'}} dict, got {type(message).__name__}")
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                got = "nothing" if key not in message else type(message[key]).__name__
+                raise ValueError(f"{what}: message {k} needs a string {key!r}, got {got}")
+
+
 def encode_response(tokenizer, response: str, index: int = 0) -> list[int]:
     """Token ids of one response followed by ``eos`` (which is scored too)."""
+    if not isinstance(response, str):
+        raise TypeError(f"response {index} must be a string, got {type(response).__name__}: {response!r}")
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos token: responses must end with one")
     if is_word_level(tokenizer):

@@ -25,7 +25,7 @@ from transformers import GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 from .batching import encode_prompt_response
-from .data import MANIFEST, data_dir, write_manifest
+from .data import MANIFEST, DataIntegrityError, data_dir, read_manifest, write_manifest
 from .models import build_reference_config, build_tokenizer
 from .sampling import sample_responses
 from .task import NEGATIVE_WORDS, POSITIVE_WORDS, PROMPTS, VOCAB, true_reward
@@ -35,6 +35,13 @@ SMALL = dict(corpus=400, steps=30, batch=32, pref_train=100, pref_test=30, rank_
 K = 4  # responses per ranking
 MAX_NEW_TOKENS = 12
 OUTPUTS = ("sft", "preferences", "rankings", "reference_model", "README.md", MANIFEST)
+#: Files an earlier build may hold that this one keeps (and lists in its manifest): built by other commands.
+KEPT = ("bandit/d1_sweep.pt",)
+
+
+class BuildRefused(ValueError):
+    """``build`` would delete files that are not from an earlier build (pass ``force=True`` to allow it)."""
+
 
 _INTENSIFIERS = ("very", "quite", "really", "so", "rather")
 _NOUNS = ("plot", "acting", "story", "ending", "music", "pacing", "script", "cast", "dialogue", "soundtrack", "jokes")
@@ -276,18 +283,58 @@ def _build_into(out: Path, seed: int, small: bool, say) -> dict:
     }
     (out / "README.md").write_text(datasheet(stats), encoding="utf-8")
     written.append(out / "README.md")
-    write_manifest(out, [p.relative_to(out).as_posix() for p in written])
+    kept = [rel for rel in KEPT if (out / rel).is_file()]  # e.g. the bandit sweep: listed, so loaders verify it
+    write_manifest(out, [p.relative_to(out).as_posix() for p in written] + kept)
     say(f"[build_data] wrote {out} {elapsed()}")
     return stats
 
 
-def build(out: str | Path | None = None, *, seed: int = 0, small: bool = False, verbose: bool = True) -> dict:
+def files_not_from_a_build(out: Path) -> list[Path]:
+    """The files that building into ``out`` would delete but that no earlier build wrote there.
+
+    A build replaces ``OUTPUTS``; a file among them counts as an earlier build's when ``out``'s
+    ``MANIFEST.sha256`` lists it (the manifest itself too, when it parses).
+    """
+    doomed = []
+    for name in OUTPUTS:
+        target = out / name
+        if target.is_dir():
+            doomed += sorted(p for p in target.rglob("*") if not p.is_dir())
+        elif target.exists() or target.is_symlink():
+            doomed.append(target)
+    try:
+        listed = set(read_manifest(out)) | {MANIFEST}
+    except DataIntegrityError:  # no manifest, or not one of ours
+        listed = set()
+    return [p for p in doomed if p.relative_to(out).as_posix() not in listed]
+
+
+def build(
+    out: str | Path | None = None, *, seed: int = 0, small: bool = False, verbose: bool = True, force: bool = False
+) -> dict:
     """Builds everything into ``out`` (default: the data folder); returns the statistics in the datasheet.
+
+    ``out`` must be empty, new, or an earlier build: a build replaces its outputs (``OUTPUTS``), and
+    when that would delete a file the folder's manifest does not list (a README or a JSONL of your own),
+    it raises :class:`BuildRefused` naming it and deletes nothing, unless ``force``. Other files in
+    ``out`` are never touched.
 
     Runs on one thread with deterministic algorithms; the global torch state
     (threads, determinism flag, RNG) is restored afterwards.
     """
     out = Path(out) if out is not None else data_dir()
+    if out.exists() and not out.is_dir():
+        raise BuildRefused(f"{out} is a file, not a folder: choose another --out")
+    if out.is_dir() and not force:
+        strangers = files_not_from_a_build(out)
+        if strangers:
+            shown = ", ".join(str(p) for p in strangers[:3]) + (
+                f" and {len(strangers) - 3} more" if len(strangers) > 3 else ""
+            )
+            raise BuildRefused(
+                f"{out} is not empty and not an earlier build: building there would delete {shown}. "
+                "Choose an empty folder, or pass --force (force=True) to replace them."
+            )
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:  # remove stale artefacts of an earlier build
         target = out / name

@@ -8,6 +8,11 @@ Layout of a data folder (``data/`` by default, or ``$COURSE_DATA_DIR``)::
     preferences/{split}_bradley_terry.jsonl   the same pairs, labelled by a Bradley-Terry coin flip
     rankings/{split}.jsonl           {"prompt", "responses": [K strings], "rewards": [K floats]}
     reference_model/                 the tiny GPT-2 and its tokenizer
+    bandit/d1_sweep.pt               the IPO bandit's stored sweep (``python -m course_lib.build_data --d1-sweep``)
+
+The manifest lists every file, and the default loaders verify what they read against it
+(``load_preferences``, ``load_rankings``, ``load_sft_corpus``, ``models.load_model_and_tokenizer``,
+``bandit.load_d1_sweep``).
 
 Continuations (``completion``, ``chosen``, ``rejected``, ``responses``) start
 with one space, as in TRL's documented format, because TRL joins
@@ -21,6 +26,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import tempfile
 from pathlib import Path
 
 from .task import VOCAB, true_reward
@@ -61,16 +68,34 @@ def write_manifest(folder: str | os.PathLike, files: list[str] | None = None) ->
     if files is None:
         files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST]
     lines = [f"{sha256_file(folder / rel)}  {rel}\n" for rel in sorted(files)]
-    (folder / MANIFEST).write_text("".join(lines), encoding="utf-8")
+    write_atomically(folder / MANIFEST, "".join(lines).encode("utf-8"))
     return folder / MANIFEST
 
 
-def verify_manifest(folder: str | os.PathLike | None = None, files: list[str] | None = None) -> None:
-    """Checks files of ``folder`` against its MANIFEST.sha256; raises DataIntegrityError on any mismatch.
+def write_atomically(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` all or nothing: a temporary file in the same folder, then ``os.replace``.
 
-    ``files`` (paths relative to ``folder``) restricts the check; by default
-    every listed file is checked.
+    A full disk or a killed process leaves the previous file as it was (and no temporary file behind).
     """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def read_manifest(folder: str | os.PathLike | None = None) -> dict[str, str]:
+    """``{relative path: sha256}`` from ``folder/MANIFEST.sha256``; DataIntegrityError if missing or malformed."""
     folder = Path(folder) if folder is not None else data_dir()
     manifest = folder / MANIFEST
     if not manifest.is_file():
@@ -81,6 +106,78 @@ def verify_manifest(folder: str | os.PathLike | None = None, files: list[str] | 
         if not sep or len(digest) != 64:
             raise DataIntegrityError(f"{manifest}, line {n}: not a '<sha256>  <path>' line: {line!r}. {REBUILD_HINT}")
         expected[rel] = digest
+    return expected
+
+
+def update_manifest(folder: str | os.PathLike, files: list[str]) -> Path:
+    """Add or refresh the entries of ``files`` (relative paths) in ``folder``'s manifest, keeping the others."""
+    folder = Path(folder)
+    listed = set(read_manifest(folder)) if (folder / MANIFEST).is_file() else set()
+    return write_manifest(folder, sorted(listed | set(files)))
+
+
+def verify_tree(folder: str | os.PathLike, rel_dir: str) -> None:
+    """Check every file under ``folder/rel_dir`` against ``folder``'s manifest: none changed, none missing,
+    none unlisted (a stray file there could change what loads). Raises DataIntegrityError naming the file."""
+    folder = Path(folder)
+    expected = read_manifest(folder)
+    listed = sorted(rel for rel in expected if rel.startswith(rel_dir.rstrip("/") + "/"))
+    if not listed:
+        raise DataIntegrityError(f"{folder / MANIFEST} lists no file under {rel_dir}/. {REBUILD_HINT}")
+    present = {p.relative_to(folder).as_posix() for p in (folder / rel_dir).rglob("*") if p.is_file()}
+    unlisted = sorted(present - set(listed))
+    if unlisted:
+        raise DataIntegrityError(f"{folder / unlisted[0]} is not listed in {folder / MANIFEST}. {REBUILD_HINT}")
+    verify_manifest(folder, listed)
+
+
+#: What a hub id looks like: ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``).
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def local_path_or_hub_id(name_or_path: str | os.PathLike, what: str) -> Path | str:
+    """A ``Path`` when ``name_or_path`` means a local file or folder, else the hub id (a ``str``).
+
+    Local: a ``Path``; anything that exists; a name starting with ``.``, ``~`` or ``/``, holding a
+    backslash, two or more ``/``, or characters a hub id cannot have; and ``dir/name`` where ``dir`` is
+    an existing local folder (``data/reference_modl`` is a typo, not a hub repository). A local name that
+    does not exist raises FileNotFoundError at once (no network lookup, no retries), naming ``what``.
+    """
+    if isinstance(name_or_path, Path):
+        path, text = name_or_path.expanduser(), str(name_or_path)
+    else:
+        text = os.fspath(name_or_path)
+        path = Path(text).expanduser()
+    if path.exists():
+        return path
+    first = text.split("/", 1)[0]
+    local = (
+        isinstance(name_or_path, Path)
+        or text.startswith((".", "~", "/"))
+        or "\\" in text
+        or text.count("/") > 1
+        or ("/" in text and first and Path(first).expanduser().is_dir())
+        or not _HUB_ID.fullmatch(text)
+    )
+    if not local:
+        return text
+    nearest = next((parent for parent in path.absolute().parents if parent.is_dir()), None)
+    raise FileNotFoundError(
+        f"{what} {text!r}: no such file or folder ({path.absolute()} does not exist"
+        + (f"; {nearest} holds {sorted(p.name for p in nearest.iterdir())[:12]}" if nearest is not None else "")
+        + "). A hub id looks like 'owner/name'."
+    )
+
+
+def verify_manifest(folder: str | os.PathLike | None = None, files: list[str] | None = None) -> None:
+    """Checks files of ``folder`` against its MANIFEST.sha256; raises DataIntegrityError on any mismatch.
+
+    ``files`` (paths relative to ``folder``) restricts the check; by default
+    every listed file is checked.
+    """
+    folder = Path(folder) if folder is not None else data_dir()
+    manifest = folder / MANIFEST
+    expected = read_manifest(folder)
     for rel in files if files is not None else sorted(expected):
         path = folder / rel
         if rel not in expected:
@@ -101,8 +198,15 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist. {REBUILD_HINT}")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path}, line {n}: not UTF-8 text (byte {raw[e.start : e.start + 1]!r} at column {e.start + 1}); "
+                    "save the file as UTF-8"
+                ) from None
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:

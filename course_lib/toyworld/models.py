@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
 
-from .data import DATA_DIR, data_dir  # noqa: F401  (re-exported)
+from .data import DATA_DIR, MANIFEST, data_dir, local_path_or_hub_id, read_manifest, verify_tree  # noqa: F401
 from .task import VOCAB
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
@@ -72,25 +72,26 @@ def load_model_and_tokenizer(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    verify: bool = True,
 ):
     """Loads ``(model, tokenizer)`` with the Auto classes; the model is returned in eval mode.
 
     ``name_or_path`` defaults to ``data_dir() / "reference_model"``. A name that
     looks local (an existing path, a ``Path``, one starting with ``.``, ``~`` or
-    ``/``, or with two or more ``/``) must be a folder with a saved model, else a
-    FileNotFoundError names it; other names go to the Hugging Face hub. ``device`` defaults
+    ``/``, with two or more ``/``, or ``dir/name`` under an existing folder ``dir``) must be a folder
+    with a saved model, else a FileNotFoundError names it at once; other names go to the Hugging Face
+    hub. A local folder listed in its parent's ``MANIFEST.sha256`` (the data folder, a build's output) is
+    checked against it first when ``verify``: a changed, truncated or stray file raises
+    DataIntegrityError naming it. A weight or tokenizer file that cannot be read raises ValueError
+    naming the folder's files. ``device`` defaults
     to CPU and ``dtype`` to the saved dtype (float32). A tokenizer without a
     pad token gets ``pad_token = eos_token``.
     """
     if name_or_path is None:
         name_or_path = data_dir() / "reference_model"
-    path = Path(name_or_path).expanduser()
-    text = str(name_or_path)
-    # hub ids look like "name" or "org/name"; anything else is a local path
-    looks_local = (
-        isinstance(name_or_path, Path) or path.exists() or text.startswith((".", "~", "/")) or text.count("/") > 1
-    )
-    if looks_local:
+    where = local_path_or_hub_id(name_or_path, "model")
+    if isinstance(where, Path):
+        path = where
         if not path.is_dir():
             raise FileNotFoundError(
                 f"No model folder at {path.resolve()}. Build it with `python -m course_lib.build_data` "
@@ -98,9 +99,34 @@ def load_model_and_tokenizer(
             )
         if not (path / "config.json").is_file():
             raise ValueError(f"{path.resolve()} exists but has no config.json: it is not a saved model folder.")
+        parent, name = path.resolve().parent, path.resolve().name
+        if (
+            verify
+            and (parent / MANIFEST).is_file()
+            and any(rel.startswith(f"{name}/") for rel in read_manifest(parent))
+        ):
+            verify_tree(parent, name)
         name_or_path = str(path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except Exception as err:
+        if not isinstance(where, Path):
+            raise
+        weights = sorted(p.name for p in where.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+        raise ValueError(
+            f"cannot load the model weights in {where.resolve()} ({', '.join(weights) or 'no weight file'}): "
+            f"{type(err).__name__}: {err}. Is a file truncated or corrupt?"
+        ) from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as err:
+        if not isinstance(where, Path):
+            raise
+        files = sorted(p.name for p in where.iterdir() if "token" in p.name or p.suffix in (".model", ".txt"))
+        raise ValueError(
+            f"cannot load the tokenizer in {where.resolve()} ({', '.join(files) or 'no tokenizer file'}): "
+            f"{type(err).__name__}: {err}. Is a file truncated or corrupt?"
+        ) from err
     if tokenizer.pad_token is None:  # e.g. hub GPT-2: pad with EOS (the toy tokenizer has its own <pad>)
         tokenizer.pad_token = tokenizer.eos_token
     model.to(torch.device(device) if device is not None else torch.device("cpu"))

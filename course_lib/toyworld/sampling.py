@@ -7,8 +7,11 @@ and the same code runs on CPU and CUDA.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
+from ..maths.checks import check_finite
 from .batching import decode_response, encode_prompt, encode_prompt_response
 from .runtime import runs_tiny_models_on_one_thread
 
@@ -84,10 +87,22 @@ def sample_responses(
     the same samples. Prompts are grouped by length (no padding, so the
     key/value cache is exact); the model's train/eval mode is restored afterwards.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    temperature = check_finite("temperature", temperature, minimum=0.0)
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("min_new_tokens", min_new_tokens),
+        ("batch_size", batch_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be a whole number, got {type(value).__name__} {value!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1 (a response needs at least one token), got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= min_new_tokens <= max_new_tokens:
         raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens, got {min_new_tokens}, {max_new_tokens}")
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise TypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
     prompt_ids = [encode_prompt(tokenizer, p, i) for i, p in enumerate(prompts)]
     by_length: dict[int, list[int]] = {}  # prompt length -> row indices, in order of first appearance
     for i, p in enumerate(prompt_ids):
