@@ -45,12 +45,22 @@ FIXED_WIDTH_UP_TO = 64  # tokens: pad every preference batch to the data set's l
 
 
 class History(list):
-    """One dict per optimiser step, plus ``evals`` (held-out evaluations) and ``interrupted``."""
+    """One dict per optimiser step, plus ``evals`` (held-out evaluations) and ``interrupted``.
+
+    A trainer also records what produced the run: ``loss`` (the loss's name, or the function's
+    ``__name__``), ``beta``, ``length_normalize``, ``steps`` (asked for; ``len(history)`` is the number
+    done) and ``seed``; None where it does not apply (RRHF has no beta) or when built by hand.
+    """
 
     def __init__(self, *args):
         super().__init__(*args)
         self.evals: list[dict] = []
         self.interrupted = False
+        self.loss: str | None = None
+        self.beta: float | None = None
+        self.length_normalize: bool | None = None
+        self.steps: int | None = None
+        self.seed: int | None = None
 
     def column(self, key: str) -> list[float]:
         """The values of ``key`` over steps, e.g. ``history.column("margin")``."""
@@ -234,7 +244,7 @@ def train_preference(
         return per_pair.mean(), record
 
     name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom loss")
-    return _run(
+    history = _run(
         policy,
         steps=steps,
         lr=lr,
@@ -245,6 +255,9 @@ def train_preference(
         step_fn=step_fn,
         evaluate=evaluate,
     )
+    history.loss, history.beta, history.length_normalize = name, beta, bool(length_normalize)
+    history.steps, history.seed = steps, seed
+    return history
 
 
 def _pad_to(tensor: torch.Tensor, width: int, key: str, tokenizer) -> torch.Tensor:
@@ -320,7 +333,7 @@ def train_rrhf(
             }
         return (rank + sft_weight * sft).mean(), record
 
-    return _run(
+    history = _run(
         policy,
         steps=steps,
         lr=lr,
@@ -331,6 +344,8 @@ def train_rrhf(
         step_fn=step_fn,
         evaluate=evaluate,
     )
+    history.loss, history.steps, history.seed = "rrhf", steps, seed
+    return history
 
 
 @runs_tiny_models_on_one_thread
