@@ -471,7 +471,7 @@ CORRECT = [
     pytest.param(check_dpo_loss, dpo_loss, "dpo_loss", id="dpo-library"),
     pytest.param(check_dpo_loss, my_dpo_loss, "my_dpo_loss", id="dpo-softplus"),
     pytest.param(check_dpo_loss, dpo_float64, "dpo_float64", id="dpo-float64"),
-    pytest.param(check_dpo_loss, lambda *t, beta: dpo_loss(*t, beta=beta), "your function", id="dpo-lambda"),
+    pytest.param(check_dpo_loss, lambda *t, beta: F.softplus(-beta * margin(*t)), "your function", id="dpo-lambda"),
     pytest.param(check_ipo_loss, ipo_loss, "ipo_loss", id="ipo-library"),
     pytest.param(check_ipo_loss, my_ipo_loss, "my_ipo_loss", id="ipo-expanded"),
     pytest.param(check_rrhf_loss, rrhf_loss, "rrhf_loss", id="rrhf-library"),
@@ -615,3 +615,134 @@ def test_cases_avoid_beta_one_and_cover_the_brief():
     assert any(x["policy_chosen_logps"].dtype == torch.bfloat16 for x in inputs)
     assert max((x["beta"] * _Pairs(x).h).abs().max().item() for x in inputs) >= 1e3
     assert any(len(case.build()["candidate_logps"]) == 1 for case in RANKING_CASES)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sharper diagnoses (issue 15): each named, the kink at h = 0, a call to the library's own loss
+# ---------------------------------------------------------------------------------------------------
+
+
+def dpo_beta_hardcoded(pc, pr, rc, rr, *, beta=0.1):
+    return -F.logsigmoid(0.1 * margin(pc, pr, rc, rr))
+
+
+def ipo_beta_hardcoded(pc, pr, rc, rr, *, beta=0.1):
+    return (margin(pc, pr, rc, rr) - 1 / (2 * 0.1)) ** 2
+
+
+def dpo_offset(pc, pr, rc, rr, *, beta=0.1):
+    return -F.logsigmoid(beta * margin(pc, pr, rc, rr)) + 0.6931
+
+
+def ipo_offset(pc, pr, rc, rr, *, beta=0.1):
+    return (margin(pc, pr, rc, rr) - 1 / (2 * beta)) ** 2 - 1.0
+
+
+def ipo_one_sided(pc, pr, rc, rr, *, beta=0.1):
+    return torch.relu(1 / (2 * beta) - margin(pc, pr, rc, rr)) ** 2
+
+
+def dpo_times_beta(pc, pr, rc, rr, *, beta=0.1):
+    return -beta * F.logsigmoid(beta * margin(pc, pr, rc, rr))
+
+
+def ipo_times_beta(pc, pr, rc, rr, *, beta=0.1):
+    return beta * (margin(pc, pr, rc, rr) - 1 / (2 * beta)) ** 2
+
+
+def dpo_float16(pc, pr, rc, rr, *, beta=0.1):
+    h = margin(pc, pr, rc, rr).half()
+    return (-F.logsigmoid(beta * h)).to(pc.dtype)
+
+
+def ipo_float16(pc, pr, rc, rr, *, beta=0.1):
+    h = margin(pc, pr, rc, rr).to(torch.float16)
+    return ((h - 1 / (2 * beta)) ** 2).to(pc.dtype)
+
+
+def dpo_clamped(pc, pr, rc, rr, *, beta=0.1):
+    return -F.logsigmoid(beta * margin(pc, pr, rc, rr).clamp(-10, 10))
+
+
+def ipo_clamped(pc, pr, rc, rr, *, beta=0.1):
+    return (margin(pc, pr, rc, rr).clamp(-10, 10) - 1 / (2 * beta)) ** 2
+
+
+def dpo_kink(pc, pr, rc, rr, *, beta=0.1):
+    z = beta * margin(pc, pr, rc, rr)
+    return torch.relu(-z) + torch.log1p(torch.exp(-z.abs()))
+
+
+def dpo_calls_library(pc, pr, rc, rr, *, beta=0.1):
+    return dpo_loss(pc, pr, rc, rr, beta=beta)
+
+
+def ipo_calls_library_module(pc, pr, rc, rr, *, beta=0.1):
+    from course_lib.maths import losses
+
+    return losses.ipo_loss(pc, pr, rc, rr, beta=beta) * 1.0
+
+
+SHARPER = [
+    (check_dpo_loss, dpo_beta_hardcoded, "beta ignored (0.1)", ["ignores the beta it is given", "beta = 0.1"]),
+    (check_ipo_loss, ipo_beta_hardcoded, "beta ignored (0.1)", ["ignores the beta it is given"]),
+    (check_dpo_loss, dpo_offset, "constant offset", ["plus a constant, 0.6931 on every pair"]),
+    (check_ipo_loss, ipo_offset, "constant offset", ["plus a constant, -1 on every pair"]),
+    (check_ipo_loss, ipo_one_sided, "one-sided", ["one-sided", "never pushes an over-separated pair back"]),
+    (check_dpo_loss, dpo_times_beta, "loss times beta", ["beta times DPO's"]),
+    (check_ipo_loss, ipo_times_beta, "loss times beta", ["beta times IPO's"]),
+    (check_dpo_loss, dpo_float16, "float16 intermediate", ["float16"]),
+    (check_ipo_loss, ipo_float16, "float16 intermediate", ["float16"]),
+    (check_dpo_loss, dpo_clamped, "margin clamped", ["clamp the margin h to [-10, 10]"]),
+    (check_ipo_loss, ipo_clamped, "margin clamped", ["clamp the margin h to [-10, 10]"]),
+    (check_dpo_loss, dpo_kink, "no slope at h = 0", ["no slope where every pair starts, h = 0", "kink"]),
+    (check_dpo_loss, dpo_calls_library, "calls the library", ["calls course_lib.maths.losses.dpo_loss"]),
+    (check_ipo_loss, ipo_calls_library_module, "calls the library", ["calls course_lib.maths.losses.ipo_loss"]),
+]
+
+
+@pytest.mark.parametrize("checker, fn, mistake, texts", SHARPER, ids=[f.__name__ for _, f, _, _ in SHARPER])
+def test_sharper_diagnosis(checker, fn, mistake, texts, capsys):
+    from course_lib.teaching.exercises import DPO_EXERCISE, IPO_EXERCISE, diagnose
+
+    assert checker(fn) is False
+    flat = " ".join(capsys.readouterr().out.split())
+    for text in texts:
+        assert text in flat, f"expected {text!r} in:\n{flat}"
+    assert "detached" not in flat  # the kink is not a detached graph
+    verdict = diagnose(fn, DPO_EXERCISE if checker is check_dpo_loss else IPO_EXERCISE)
+    assert verdict.status == "wrong" and verdict.mistake == mistake
+    if mistake == "calls the library":
+        assert verdict.calls_library.startswith("course_lib.maths.losses.")
+
+
+def dpo_with_library_margin(pc, pr, rc, rr, *, beta=0.1):
+    """Uses the library's margin helper (not its loss): a valid style."""
+    from course_lib.maths.losses import log_ratio_margin
+
+    return F.softplus(-beta * log_ratio_margin(pc, pr, rc, rr))
+
+
+def ipo_square(pc, pr, rc, rr, *, beta=0.1):
+    return torch.square(margin(pc, pr, rc, rr) - 0.5 / beta)
+
+
+def ipo_pow(pc, pr, rc, rr, *, beta=0.5):
+    return ((pc - pr) - (rc - rr) - 1 / beta / 2).pow(2)
+
+
+VALID_STYLES = [
+    (check_dpo_loss, dpo_with_library_margin),
+    (check_ipo_loss, ipo_square),
+    (check_ipo_loss, ipo_pow),
+]
+
+
+@pytest.mark.parametrize("checker, fn", VALID_STYLES, ids=[f.__name__ for _, f in VALID_STYLES])
+def test_more_valid_styles_pass(checker, fn, capsys):
+    assert checker(fn) is True, capsys.readouterr().out
+
+
+def test_the_library_itself_is_not_flagged_for_calling_the_library(capsys):
+    assert check_dpo_loss(dpo_loss) and check_ipo_loss(ipo_loss)
+    assert "calls" not in capsys.readouterr().out

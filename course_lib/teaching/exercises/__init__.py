@@ -21,14 +21,22 @@ How it decides:
 4. If every value is right, it checks that ``.backward()`` reaches the policy's log-probs and gives
    the library's gradients.
 
+5. It traces one call of the learner's function: one that calls the library's own loss is told so (and
+   fails), and the grader reports it to the instructor.
+
+:func:`diagnose` returns the same verdict as a :class:`Verdict` without printing it (the grader's way in).
+:func:`check_run` and :func:`check_sweep` check the exercise's training runs against the expected figures
+(:mod:`.expected`, the one place they are written).
+
 The cases never use ``beta = 1``, where several of the mistakes coincide with the right formula.
 Two wrong formulas that agree on every input cannot be told apart; each message then names both
 (for example, swapping chosen and rejected is the same as flipping the sign of ``h``).
 """
 
-from .engine import Case, Mistake, run_checker
+from .engine import Case, Mistake, Verdict, diagnose, run_checker
 from .pairwise import DPO_EXERCISE, DPO_MISTAKES, IPO_EXERCISE, IPO_MISTAKES, PAIRWISE_CASES
 from .ranking import RANKING_CASES, RRHF_EXERCISE, RRHF_MISTAKES
+from .runs import RunProblem, check_run, check_sweep, diagnose_run, diagnose_sweep
 
 __all__ = [
     "PAIRWISE_CASES",
@@ -41,6 +49,16 @@ __all__ = [
     "check_dpo_loss",
     "check_ipo_loss",
     "check_rrhf_loss",
+    "DPO_EXERCISE",
+    "IPO_EXERCISE",
+    "RRHF_EXERCISE",
+    "Verdict",
+    "diagnose",
+    "RunProblem",
+    "check_run",
+    "check_sweep",
+    "diagnose_run",
+    "diagnose_sweep",
 ]
 
 

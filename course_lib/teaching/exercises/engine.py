@@ -8,6 +8,7 @@ its prepared :class:`Case` inputs and its catalogue of known :class:`Mistake` fo
 
 import inspect
 import re
+import sys
 import textwrap
 import warnings
 from collections.abc import Callable
@@ -73,25 +74,131 @@ class _NotImplemented(Exception):
     """Raised inside the checker when the learner's function raises NotImplementedError on the first case."""
 
 
-def run_checker(fn, ex: Exercise) -> bool:
-    """Print the verdict on ``fn`` for exercise ``ex``; True when it matches the library."""
+class _Finding(str):
+    """A diagnosis (the text) that also names the known mistake it reports (``mistake``), for the grader."""
+
+    mistake: str | None = None
+
+    @classmethod
+    def of(cls, text: str, mistake: str | None) -> "_Finding":
+        finding = cls(text)
+        finding.mistake = mistake
+        return finding
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a checker decided: ``status`` "ok", "stub" or "wrong"; the ``paragraphs`` it prints.
+
+    ``mistake`` names the known mistake reported (a :class:`Mistake`'s name, "the library's formula" when
+    only the reduction or the overflow is off, with " + mean", " + sum" or " + overflow"), or None;
+    ``calls_library`` is the library function the learner's function calls (e.g.
+    ``"course_lib.maths.losses.dpo_loss"``), or None.
+    """
+
+    status: str
+    paragraphs: tuple
+    mistake: str | None = None
+    calls_library: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.paragraphs)
+
+
+def diagnose(fn, ex: Exercise) -> Verdict:
+    """The verdict on ``fn`` for exercise ``ex``, without printing it."""
     name = _name_of(fn)
     if not callable(fn):
-        _say(
-            f"❌ Pass the function itself, not what it returns: {_checker_call(ex)} (no parentheses after the "
-            f"function's name). Got a {type(fn).__name__}."
+        return Verdict(
+            "wrong",
+            (
+                f"❌ Pass the function itself, not what it returns: {_checker_call(ex)} (no parentheses after the "
+                f"function's name). Got a {type(fn).__name__}.",
+            ),
+            mistake="not a function",
         )
-        return False
     try:
         problem = _values_problem(fn, ex) or _gradient_problem(fn, ex)
     except _NotImplemented:
-        _say(f"⏳ {name} is not implemented yet — replace `raise NotImplementedError()` with your code.")
-        return False
+        return Verdict(
+            "stub", (f"⏳ {name} is not implemented yet — replace `raise NotImplementedError()` with your code.",)
+        )
+    called = _library_call(fn, ex)
+    if called:
+        note = (
+            f"{name} calls {called}, the library's own loss: the exercise is to write the formula yourself "
+            "(the grader reports it to your instructor)."
+        )
+        if problem:
+            return Verdict(
+                "wrong",
+                (f"❌ {name} does not match {ex.reference_name} yet.", problem, note),
+                getattr(problem, "mistake", None),
+                called,
+            )
+        return Verdict("wrong", (f"❌ {note}",), "calls the library", called)
     if problem:
-        _say(f"❌ {name} does not match {ex.reference_name} yet.", problem)
-        return False
-    _say(f"✅ {name} matches {ex.reference_name} on all {len(ex.cases)} cases ({ex.summary}), gradients included.")
-    return True
+        return Verdict(
+            "wrong", (f"❌ {name} does not match {ex.reference_name} yet.", problem), getattr(problem, "mistake", None)
+        )
+    return Verdict(
+        "ok",
+        (f"✅ {name} matches {ex.reference_name} on all {len(ex.cases)} cases ({ex.summary}), gradients included.",),
+    )
+
+
+def run_checker(fn, ex: Exercise) -> bool:
+    """Print the verdict on ``fn`` for exercise ``ex``; True when it matches the library."""
+    verdict = diagnose(fn, ex)
+    _say(*verdict.paragraphs)
+    return verdict.passed
+
+
+def _library_codes() -> dict:
+    """The code objects of the library's losses -> their dotted names (what a learner must not call)."""
+    from ...maths import losses
+
+    codes = {}
+    for name in ("dpo_loss", "ipo_loss", "hinge_loss", "rrhf_loss", "rrhf_loss_terms"):
+        fn = getattr(losses, name, None)
+        while fn is not None:
+            if hasattr(fn, "__code__"):
+                codes[fn.__code__] = f"{losses.__name__}.{name}"
+            fn = getattr(fn, "__wrapped__", None)
+    return codes
+
+
+def _library_call(fn, ex: Exercise) -> str | None:
+    """The library loss that ``fn`` calls (traced on the first case), or None."""
+    codes = _library_codes()
+    if getattr(inspect.unwrap(fn), "__code__", None) in codes:  # the library's own function: the answer itself
+        return None
+    found = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in codes and not found:
+            found.append(codes[frame.f_code])
+
+    inputs = ex.cases[0].build()
+    tensors = [inputs[name] for name in ex.tensor_names]
+    hyper = {k: v for k, v in inputs.items() if k not in ex.tensor_names}
+    previous = sys.getprofile()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sys.setprofile(profile)
+            try:
+                fn(*tensors, **hyper)
+            finally:
+                sys.setprofile(previous)
+    except Exception:
+        pass
+    return found[0] if found else None
 
 
 def _values_problem(fn, ex: Exercise) -> str | None:
@@ -111,8 +218,51 @@ def _values_problem(fn, ex: Exercise) -> str | None:
     return (
         _known_mistake(outputs, views, tolerances, ex)
         or _shape_problem(outputs, expected, ex)
+        or _offset_problem(outputs, expected, ex)
+        or _low_precision_problem(outputs, expected, ex)
         or _non_finite_problem(outputs, expected, ex)
         or _show_numbers(outputs, expected, tolerances, views, ex)
+    )
+
+
+def _offset_problem(outputs, expected, ex: Exercise) -> str | None:
+    """The learner's losses are the library's plus one constant (the same on every pair of every case)."""
+    tolerances = [_tolerance(case.build()) for case in ex.cases]
+    for out, want in zip(outputs, expected):
+        if out.shape != want.shape or not bool(torch.isfinite(out).all()) or not bool(torch.isfinite(want).all()):
+            return None
+    offset = float((outputs[0].double() - expected[0].double()).flatten().median())
+    if abs(offset) < 1e-3:
+        return None
+    shifted = [want.double() + offset for want in expected]
+    if not all(_close(out, want, tol) for out, want, tol in zip(outputs, shifted, tolerances)):
+        return None
+    return _Finding.of(
+        f"Your losses are the library's plus a constant, {offset:.4g} on every {ex.unit} (a + log(2), a stray "
+        "term or a shifted target?). A constant changes no gradient, but the loss values are not the "
+        f"{ex.reference.__name__}'s, and a log or a table of losses would be off by it: drop it.",
+        "constant offset",
+    )
+
+
+def _low_precision_problem(outputs, expected, ex: Exercise) -> str | None:
+    """Right to about 3 digits on the float32 cases, and every number a float16 one: a float16 intermediate."""
+    close, exact = [], []
+    for case, out, want in zip(ex.cases, outputs, expected):
+        if case.extreme or _tolerance(case.build())[0] > 1e-3 or out.shape != want.shape:
+            continue
+        close.append(_close(out, want, (4e-3, 4e-3)))
+        exact.append(_close(out, want, (1e-4, 1e-5)))
+        half = out.detach().float().half().float()
+        if not bool(torch.equal(out.detach().float(), half)):
+            return None
+    if not close or not all(close) or all(exact):
+        return None
+    return _Finding.of(
+        "Your numbers are right to about 3 significant digits only, and every one of them is a float16 number: "
+        "part of your computation runs in float16 (.half(), dtype=torch.float16, or autocast). float16 keeps "
+        "11 bits and overflows above 65504: compute in the inputs' dtype.",
+        "float16 intermediate",
     )
 
 
@@ -262,7 +412,9 @@ def _known_mistake(outputs, views, tolerances, ex: Exercise) -> str | None:
                 if all(_close(outputs[i], reduce(value(mistake, i)), tolerances[i]) for i in kept):
                     seed = ex.seed if mistake is right and reduction == "mean" and skipped else ""
                     notes = [seed, mistake.message, note.format(unit=ex.unit), _OVERFLOW_NOTE if skipped else ""]
-                    return "\n".join(n for n in notes if n)
+                    label = mistake.name + (f" + {reduction}" if reduction != "none" else "")
+                    label += " + overflow" if skipped else ""
+                    return _Finding.of("\n".join(n for n in notes if n), label)
     return None
 
 
@@ -361,6 +513,9 @@ def _gradient_problem(fn, ex: Exercise) -> str | None:
                     "differentiates the branch that overflows; use -F.logsigmoid(z) instead."
                 )
             if not _close(got, want, (1e-4, 1e-6)):
+                kink = _kink_problem(got, want, ex.view(case.build()), name, case)
+                if kink:
+                    return kink
                 return (
                     f"Your losses are right, but the gradients with respect to {name} differ from the library's "
                     f"on the case: {case.name} (yours {format_numbers(got)}, library {format_numbers(want)}). "
@@ -368,6 +523,24 @@ def _gradient_problem(fn, ex: Exercise) -> str | None:
                     "computation detached (.detach(), .item(), .data)?"
                 )
     return None
+
+
+def _kink_problem(got, want, view, name, case) -> str | None:
+    """The gradients differ only where h = 0, and are 0 there: a loss with a kink (relu, abs) at h = 0."""
+    h = getattr(view, "h", None)
+    if h is None or h.shape != got.shape:
+        return None
+    at_zero = h == 0
+    differ = ~torch.isclose(got.double(), want.double(), rtol=1e-4, atol=1e-6)
+    if not bool(at_zero.any()) or bool((differ & ~at_zero).any()) or not bool((got[at_zero] == 0).all()):
+        return None
+    return _Finding.of(
+        f"Your losses are right, but their gradient with respect to {name} is 0 at h = 0 (on the case: {case.name}), "
+        f"where the library's is {format_numbers(want[at_zero])}. Your loss has no slope where every pair starts, "
+        "h = 0; relu and abs have a kink there (torch takes their slope at 0 as 0), so training from the "
+        "reference would never move the policy. Write it without the kink, e.g. F.softplus(-z) or -F.logsigmoid(z).",
+        "no slope at h = 0",
+    )
 
 
 # --------------------------------------------------------------------------------------------------

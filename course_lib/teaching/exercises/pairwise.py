@@ -90,6 +90,21 @@ class _Pairs:
 
 _H = "h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)"
 
+
+def _beta_ignored(loss: str, value: float, formula) -> Mistake:
+    return Mistake(
+        f"beta ignored ({value:g})",
+        formula,
+        f"Your loss ignores the beta it is given: it computes {loss} at beta = {value:g} whatever beta is (a "
+        f"hard-coded {value:g}, or a global instead of the argument?). Use the beta argument of your function.",
+    )
+
+
+_CLAMP_NOTE = (
+    "beyond the clamp the loss is flat and its gradient 0, so a pair that is far off gets no push (the "
+    "extreme-margin cases show it)."
+)
+
 DPO_MISTAKES = (
     Mistake(
         "chosen and rejected swapped",
@@ -153,6 +168,26 @@ DPO_MISTAKES = (
         "-F.logsigmoid(beta * h).",
     ),
     Mistake("margin only", lambda p: -p.h, "You return -h: DPO's loss is -F.logsigmoid(beta * h)."),
+    _beta_ignored("-logsigmoid(beta * h)", 0.1, lambda p: -_log_sigmoid(0.1 * p.h)),
+    _beta_ignored("-logsigmoid(beta * h)", 0.5, lambda p: -_log_sigmoid(0.5 * p.h)),
+    Mistake(
+        "loss times beta",
+        lambda p: -p.beta * _log_sigmoid(p.beta * p.h),
+        "Your loss is beta times DPO's: -beta * logsigmoid(beta * h). beta belongs inside, on the margin, and "
+        "only there: -F.logsigmoid(beta * h).",
+    ),
+    Mistake(
+        "margin clamped",
+        lambda p: -_log_sigmoid(p.beta * p.h.clamp(-10, 10)),
+        f"You clamp the margin h to [-10, 10]: {_CLAMP_NOTE} -F.logsigmoid(beta * h) is stable on its own: "
+        "no clamp is needed.",
+    ),
+    Mistake(
+        "beta * h clamped",
+        lambda p: -_log_sigmoid((p.beta * p.h).clamp(-10, 10)),
+        f"You clamp beta * h to [-10, 10]: {_CLAMP_NOTE} -F.logsigmoid(beta * h) is stable on its own: "
+        "no clamp is needed.",
+    ),
     Mistake(
         "IPO instead of DPO",
         lambda p: (p.h - p.target) ** 2,
@@ -250,6 +285,32 @@ IPO_MISTAKES = (
         "beta * h, right target",
         lambda p: (p.beta * p.h - p.target) ** 2,
         "You multiply h by beta as in DPO's implicit reward; IPO's loss uses h itself: (h - 1/(2*beta))**2.",
+    ),
+    _beta_ignored("(h - 1/(2*beta))**2", 0.1, lambda p: (p.h - 5.0) ** 2),
+    _beta_ignored("(h - 1/(2*beta))**2", 0.5, lambda p: (p.h - 1.0) ** 2),
+    Mistake(
+        "one-sided",
+        lambda p: torch.relu(p.target - p.h) ** 2,
+        "Your loss is one-sided: relu(1/(2*beta) - h)**2 is 0 once h passes the target, so it never pushes an "
+        "over-separated pair back, and the margin can grow without bound as in DPO. IPO's square acts on both "
+        "sides: (h - 1/(2*beta))**2.",
+    ),
+    Mistake(
+        "one-sided, other side",
+        lambda p: torch.relu(p.h - p.target) ** 2,
+        "Your loss is one-sided: relu(h - 1/(2*beta))**2 is 0 below the target, so it never pulls a pair up to "
+        "it. IPO's square acts on both sides: (h - 1/(2*beta))**2.",
+    ),
+    Mistake(
+        "loss times beta",
+        lambda p: p.beta * (p.h - p.target) ** 2,
+        "Your loss is beta times IPO's: beta * (h - 1/(2*beta))**2. The same minimum, but the gradients are "
+        "scaled by beta. IPO's beta sits only in the target: (h - 1/(2*beta))**2.",
+    ),
+    Mistake(
+        "margin clamped",
+        lambda p: (p.h.clamp(-10, 10) - p.target) ** 2,
+        f"You clamp the margin h to [-10, 10]: {_CLAMP_NOTE} The square needs no clamp: (h - 1/(2*beta))**2.",
     ),
     Mistake(
         "no square",
