@@ -13,9 +13,14 @@ identical files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import math
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -27,16 +32,144 @@ DEFAULT_LOSSES = ("dpo", "ipo", "rrhf")
 DEFAULT_BETA = 0.5
 
 
+PROG = "python -m course_lib.compare"
+#: An evaluation with nothing measured (a run stopped before its first held-out evaluation).
+NO_EVAL = {k: None for k in ("preference_accuracy", "kl", "kl_stderr", "kl_k1", "kl_k3", "reward", "reward_stderr")}
+
+
+class UsageError(ValueError):
+    """A bad option or a bad input file, found before or while loading: one line, exit status 2."""
+
+
+class ResultsNotWritten(OSError):
+    """``results.json`` could not be written (a full disk, a lost mount); the previous file is unchanged."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its error on one line (no usage block): ``PROG: error: --option: what is wrong``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind: str, check, text: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+    problem = check(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"must be {problem}, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    return _number(float, lambda v: None if math.isfinite(v) and v > 0 else "a finite number > 0", text)
+
+
+def _positive_int(text: str) -> int:
+    return _number(int, lambda v: None if v >= 1 else "an integer >= 1", text)
+
+
+def _seed(text: str) -> int:
+    return _number(int, lambda v: None if 0 <= v < 2**63 else "an integer >= 0", text)
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """The torch device for ``--device`` (None: :func:`default_device`, which reads ``$COURSE_DEVICE``).
+
+    Raises ValueError naming the option (or the variable) for a name torch does not know, or a device
+    this machine does not have.
+    """
+    if requested is None:
+        return default_device()  # ValueError naming COURSE_DEVICE when that is wrong
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"--device {requested!r} is not a torch device ({str(err).splitlines()[0]})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {requested!r}: torch.cuda.is_available() is False on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if not (mps is not None and mps.is_available()):
+            raise ValueError(f"--device {requested!r}: torch.backends.mps.is_available() is False on this machine")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {requested!r}: use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_out(out: str) -> Path:
+    """``--out`` must be a folder we can write into (created if missing); checked before any work."""
+    folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {out!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out!r} cannot be written to ({err.strerror or err})") from None
+    if (folder / "results.json").is_dir():
+        raise ValueError(f"--out {out!r} holds a folder named results.json")
+    return folder
+
+
+def check_model_option(model: str | None) -> None:
+    """``--model``: a local folder must exist and hold a saved model (config.json); a hub id passes."""
+    from .toyworld.data import local_path_or_hub_id
+
+    if model is None:
+        return
+    where = local_path_or_hub_id(model, "--model")  # FileNotFoundError for a missing local path
+    if isinstance(where, Path):
+        if not where.is_dir():
+            raise ValueError(f"--model {model!r} is a file, not a folder written by save_pretrained")
+        if not (where / "config.json").is_file():
+            found = sorted(p.name for p in where.iterdir())[:8]
+            raise ValueError(
+                f"--model {model!r} is not a saved model folder: it has no config.json"
+                + (f" (it holds {found})" if found else " (it is empty)")
+            )
+
+
+def check_dataset_option(dataset: str | None) -> None:
+    """``--dataset``: a local folder must exist and hold train.jsonl; a hub id passes."""
+    from .toyworld.data import local_path_or_hub_id
+
+    if dataset is None:
+        return
+    where = local_path_or_hub_id(dataset, "--dataset")
+    if isinstance(where, Path):
+        if not where.is_dir():
+            raise ValueError(f"--dataset {dataset!r} is a file: pass the folder that holds train.jsonl")
+        if not (where / "train.jsonl").is_file():
+            found = sorted(p.name for p in where.iterdir())[:8]
+            raise ValueError(
+                f"--dataset {dataset!r} has no train.jsonl"
+                + (f" (it holds {found}; a test.jsonl alone is not enough to train on)" if found else " (it is empty)")
+            )
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.compare", description=__doc__.split("\n\n")[0])
+    """Parse and check every option; bad usage exits with status 2 and one line naming the option.
+
+    Checked before any work: the numbers, ``--device`` (and ``$COURSE_DEVICE``), ``--out`` (created,
+    and written to once), and that a local ``--model`` or ``--dataset`` exists.
+    """
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=[*PAIRWISE_LOSSES, "rrhf"])
     parser.add_argument(
-        "--beta", nargs="+", type=float, default=[DEFAULT_BETA], help="one or several betas (IPO's tau)"
+        "--beta", nargs="+", type=_positive_float, default=[DEFAULT_BETA], help="one or several betas (IPO's tau)"
     )
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=_positive_int, default=300)
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--lr", type=_positive_float, default=1e-3)
+    parser.add_argument("--seed", type=_seed, default=0)
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: course_lib.default_device())")
     parser.add_argument(
         "--model", default=None, help="a local folder or hub name of a causal LM (default: data/reference_model)"
@@ -50,47 +183,130 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["deterministic", "bradley_terry"],
         help="which labelling of the toy pairs",
     )
-    parser.add_argument("--eval-samples", type=int, default=256, help="policy samples for the KL and reward")
-    parser.add_argument("--max-train-pairs", type=int, default=None)
+    parser.add_argument("--eval-samples", type=_positive_int, default=256, help="policy samples for the KL and reward")
+    parser.add_argument("--max-train-pairs", type=_positive_int, default=None, help="train on the first N pairs")
     parser.add_argument("--out", default=None, help="folder for results.json and the plots")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if any(b <= 0 for b in args.beta):
-        parser.error(f"--beta must be > 0, got {args.beta}")
-    if args.steps < 1:
-        parser.error("--steps must be >= 1")
+    checks = (
+        ("--out", lambda: args.out is None or check_out(args.out)),
+        ("--device", lambda: resolve_device(args.device)),
+        ("--model", lambda: check_model_option(args.model)),
+        ("--dataset", lambda: check_dataset_option(args.dataset)),
+    )
+    for option, check in checks:
+        try:
+            check()
+        except (ValueError, FileNotFoundError) as err:
+            message = str(err)
+            named = option in message or "COURSE_DEVICE" in message
+            parser.error(message if named else f"{option}: {message}")
     return args
 
 
-def load_pairs(dataset: str | None, labelling: str) -> tuple[list[dict], list[dict]]:
-    """(train, test) preference pairs: the toy data by default, else a folder or hub dataset."""
+def load_pairs(
+    dataset: str | None, labelling: str, *, tokenizer=None, context: int | None = None
+) -> tuple[list[dict], list[dict]]:
+    """(train, test) preference pairs: the toy data by default, else a folder or hub dataset.
+
+    A local folder is read line by line (``train.jsonl``, and ``test.jsonl`` when present), without the
+    ``datasets`` library, so nothing goes over the network; every row is checked and a bad one raises
+    ValueError naming its file and line: malformed JSON, a missing field, a message without
+    ``content``, ``chosen == rejected``, an empty prompt or response. With a ``tokenizer``, every pair
+    must also encode, and fit ``context`` positions when given (the model's context). A hub dataset's
+    rows are named by split and row number.
+    """
     from .toyworld.data import load_preferences
 
     if dataset is None:
         return load_preferences("train", labelling=labelling), load_preferences("test", labelling=labelling)
-    path = Path(dataset).expanduser()
-    if path.is_dir() and (path / "train.jsonl").is_file():
-        from datasets import load_dataset
-
-        files = {"train": str(path / "train.jsonl")}
-        if (path / "test.jsonl").is_file():
-            files["test"] = str(path / "test.jsonl")
-        loaded = load_dataset("json", data_files=files)
-    else:
-        from datasets import load_dataset
-
-        loaded = load_dataset(dataset)  # a hub name: needs a network connection
-    for split in loaded.values():
-        missing = {"chosen", "rejected"} - set(split.column_names)
-        if missing:
-            raise ValueError(f"dataset {dataset!r} lacks the fields {sorted(missing)} of TRL's preference format")
-    train = [standard_pair(dict(r)) for r in loaded["train"]]
-    if "test" in loaded:
-        return train, [standard_pair(dict(r)) for r in loaded["test"]]
+    splits = _dataset_rows(dataset)
+    pairs = {
+        split: [(where, _checked_pair(row, where, tokenizer, context)) for where, row in rows]
+        for split, rows in splits.items()
+    }
+    train = [pair for _, pair in pairs["train"]]
+    if "test" in pairs:
+        return train, [pair for _, pair in pairs["test"]]
     n_test = max(1, len(train) // 10)  # no test split: hold the last tenth out of training
     if len(train) < 2:
         raise ValueError(f"dataset {dataset!r} has {len(train)} pair(s) and no test split: nothing to hold out")
     return train[:-n_test], train[-n_test:]
+
+
+def _dataset_rows(dataset: str) -> dict[str, list[tuple[str, dict]]]:
+    """``{split: [(where, row)]}`` from a local folder (where = "file, line n") or the hub ("name [split] row i")."""
+    from .toyworld.data import local_path_or_hub_id, read_jsonl
+
+    where = local_path_or_hub_id(dataset, "--dataset")
+    if isinstance(where, Path):
+        if not (where / "train.jsonl").is_file():
+            raise FileNotFoundError(f"--dataset {dataset!r} has no train.jsonl")
+        splits = {}
+        for split in ("train", "test"):
+            path = where / f"{split}.jsonl"
+            if path.is_file():
+                splits[split] = [(f"{path}, line {n}", row) for n, row in read_jsonl(path, hint="")]
+        return splits
+    from datasets import load_dataset
+
+    loaded = load_dataset(dataset)  # a hub name: needs a network connection
+    if "train" not in loaded:
+        raise ValueError(f"dataset {dataset!r} has no train split (it has {sorted(loaded)})")
+    return {
+        split: [(f"{dataset} [{split}] row {i}", dict(row)) for i, row in enumerate(loaded[split])]
+        for split in ("train", "test")
+        if split in loaded
+    }
+
+
+def _checked_pair(row: dict, where: str, tokenizer=None, context: int | None = None) -> dict:
+    """``standard_pair(row)``, after checking the row; ValueError naming ``where`` for anything wrong."""
+    from .toyworld.batching import check_messages, encode_prompt, encode_response
+
+    missing = [field for field in ("chosen", "rejected") if field not in row or row[field] is None]
+    if missing:
+        raise ValueError(
+            f"{where}: missing field {missing[0]!r}; TRL's preference format needs 'chosen' and 'rejected' "
+            f"(and optionally 'prompt'); the row has {sorted(row)}"
+        )
+    for field in ("chosen", "rejected", "prompt"):
+        value = row.get(field)
+        if field == "prompt" and value is None:
+            continue
+        if isinstance(value, list):
+            check_messages(value, f"{where}: {field!r}")
+        elif not isinstance(value, str):
+            raise ValueError(f"{where}: {field!r} must be a string or a list of messages, got {type(value).__name__}")
+    if isinstance(row["chosen"], list) != isinstance(row["rejected"], list):
+        raise ValueError(f"{where}: 'chosen' and 'rejected' must both be strings or both be conversations")
+    try:
+        pair = standard_pair(row)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{where}: cannot read the pair ({type(err).__name__}: {err})") from None
+    prompt, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
+    if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+        raise ValueError(f"{where}: the prompt is empty (no 'prompt' field, or chosen and rejected share no beginning)")
+    for field, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():
+            raise ValueError(f"{where}: the {field} response is empty")
+    if chosen.strip() == rejected.strip():
+        raise ValueError(f"{where}: chosen and rejected are the same response {chosen.strip()[:60]!r}")
+    if tokenizer is not None:
+        try:
+            prompt_ids = encode_prompt(tokenizer, prompt)
+            lengths = {field: len(encode_response(tokenizer, pair[field])) for field in ("chosen", "rejected")}
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"{where}: {str(err).replace('prompt 0 ', 'the prompt ').replace('response 0 ', 'the response ')}"
+            ) from None
+        for field, n in lengths.items():
+            if context is not None and len(prompt_ids) + n > context:
+                raise ValueError(
+                    f"{where}: prompt + {field} is {len(prompt_ids) + n} tokens long ({len(prompt_ids)} + {n}, with "
+                    f"eos), but the model allows {context} positions; shorten or drop this pair"
+                )
+    return pair
 
 
 def standard_pair(row: dict) -> dict:
@@ -122,17 +338,38 @@ def unique_prompts(pairs: list[dict]) -> list:
     return [seen[key] for key in sorted(seen)]
 
 
-def run_comparison(args: argparse.Namespace) -> dict:
-    """Train and evaluate every (loss, beta) run; return the ``results.json`` dictionary."""
+def run_comparison(args: argparse.Namespace, *, results: dict | None = None, on_run=None) -> dict:
+    """Train and evaluate every (loss, beta) run; return the ``results.json`` dictionary.
+
+    ``results`` (filled in place, so a caller keeps what is done if this raises) gets one entry in
+    ``results["runs"]`` per run as soon as it ends, and ``on_run(results)`` is called then (``main``
+    writes ``results.json`` there). Ctrl-C stops everything: the run in progress is kept, marked
+    ``"interrupted"`` (its last held-out evaluation stands for its result), no further run starts, and
+    ``results["interrupted"]`` is True. A run whose loss or gradient became non-finite is kept, marked
+    ``"failed"`` with the message, and the other runs go on.
+    """
     from .loop.evaluation import evaluate_policy, make_evaluator
-    from .loop.training import default_length_normalize, train_preference, train_rrhf
+    from .loop.training import TrainingDiverged, context_limit, default_length_normalize, train_preference, train_rrhf
     from .toyworld.models import load_model_and_tokenizer
     from .toyworld.sampling import sample_responses
 
-    device = torch.device(args.device) if args.device else default_device()
+    results = results if results is not None else {}
+    results.setdefault("model", args.model or "data/reference_model")
+    results.setdefault("dataset", args.dataset or f"data/preferences ({args.labelling})")
+    results.setdefault("runs", [])
+    device = resolve_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" and args.model is not None else None
-    reference, tokenizer = load_model_and_tokenizer(args.model, device=device, dtype=dtype)
-    train_pairs, test_pairs = load_pairs(args.dataset, args.labelling)
+    try:
+        with _hf_progress_bars(not args.no_progress):
+            reference, tokenizer = load_model_and_tokenizer(args.model, device=device, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--model {args.model or 'data/reference_model'!r}: {err}") from err
+    try:
+        train_pairs, test_pairs = load_pairs(
+            args.dataset, args.labelling, tokenizer=tokenizer, context=context_limit(reference)
+        )
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--dataset {args.dataset or 'data/preferences'!r}: {err}") from err
     if args.max_train_pairs:
         train_pairs = train_pairs[: args.max_train_pairs]
     test_prompts = unique_prompts(test_pairs)
@@ -147,11 +384,11 @@ def run_comparison(args: argparse.Namespace) -> dict:
         else:
             print("rrhf skipped: it needs ranked candidate sets, which only the toy data provides", file=sys.stderr)
 
-    runs = []
     for beta in args.beta:
         for loss in args.losses:
             if loss == "rrhf" and (rankings is None or beta != args.beta[0]):
                 continue  # RRHF has no beta: run it once
+            label = loss if loss == "rrhf" else f"{loss} (beta={beta:g})"
             policy = copy.deepcopy(reference).float()  # fp32 master weights; bf16 autocast computes on CUDA
             policy.requires_grad_(True)
             common = dict(
@@ -170,98 +407,204 @@ def run_comparison(args: argparse.Namespace) -> dict:
                 seed=args.seed,
                 reward_fn=reward_fn,
             )
-            if loss == "rrhf":
-                batch_size = max(1, args.batch_size // 4)  # prompts per step, K candidates each
-                rows = batch_size * len(rankings[0]["responses"])  # sequences per step
-                evaluate = make_evaluator(reference, tokenizer, batch_size=rows // 2, **held_out)
-                history = train_rrhf(policy, rankings, batch_size=batch_size, evaluate=evaluate, **common)
-                length_normalize, run_beta = True, None
-            else:
-                length_normalize = default_length_normalize(loss)
-                evaluate = make_evaluator(reference, tokenizer, batch_size=args.batch_size, **held_out)
-                history = train_preference(
-                    policy,
-                    reference,
-                    train_pairs,
-                    loss=loss,
-                    beta=beta,
-                    batch_size=args.batch_size,
-                    length_normalize=length_normalize,
-                    evaluate=evaluate,
-                    **common,
-                )
-                run_beta = beta
-            if history.evals and history.evals[-1]["step"] == len(history):
-                evaluation = dict(history.evals[-1])  # the held-out evaluation after the last step
-            else:  # interrupted between evaluations
-                evaluation = evaluate_policy(
-                    policy,
-                    reference,
-                    tokenizer,
-                    pairs=test_pairs,
-                    prompts=test_prompts,
-                    n_samples=args.eval_samples,
-                    seed=args.seed,
-                    reward_fn=reward_fn,
-                    with_samples=False,
-                )
-            evaluation.pop("step", None)
-            generator = torch.Generator().manual_seed(args.seed)
-            shown = test_prompts[:4]  # (strings, or conversations for chat datasets)
-            evaluation["samples"] = [
-                {"prompt": p, "response": r}
-                for p, r in zip(shown, sample_responses(policy, tokenizer, shown, generator=generator))
-            ]
-            runs.append(
-                {
-                    "loss": loss,
-                    "beta": run_beta,
-                    "length_normalize": length_normalize,
-                    "steps": args.steps,
-                    "seed": args.seed,
-                    "interrupted": history.interrupted,
-                    "history": list(history),
-                    "evals": history.evals,
-                    "eval": evaluation,
-                }
-            )
+            failed = None
+            try:
+                if loss == "rrhf":
+                    batch_size = max(1, args.batch_size // 4)  # prompts per step, K candidates each
+                    rows = batch_size * len(rankings[0]["responses"])  # sequences per step
+                    evaluate = make_evaluator(reference, tokenizer, batch_size=max(1, rows // 2), **held_out)
+                    length_normalize, run_beta = True, None
+                    history = train_rrhf(policy, rankings, batch_size=batch_size, evaluate=evaluate, **common)
+                else:
+                    length_normalize = default_length_normalize(loss)
+                    evaluate = make_evaluator(reference, tokenizer, batch_size=args.batch_size, **held_out)
+                    run_beta = beta
+                    history = train_preference(
+                        policy,
+                        reference,
+                        train_pairs,
+                        loss=loss,
+                        beta=beta,
+                        batch_size=args.batch_size,
+                        length_normalize=length_normalize,
+                        evaluate=evaluate,
+                        **common,
+                    )
+            except KeyboardInterrupt:  # before the first step (the reference precompute, step 0's evaluation)
+                print(f"interrupted: {label} had not taken a step; no further run starts", file=sys.stderr)
+                results["interrupted"] = True
+                return results
+            except TrainingDiverged as err:
+                history, failed = err.history, str(err)
+                print(f"{label} failed: {err}", file=sys.stderr)
+            interrupted = history.interrupted
+            evaluation = None
+            if not interrupted and failed is None:
+                try:
+                    if history.evals and history.evals[-1]["step"] == len(history):
+                        evaluation = dict(history.evals[-1])  # the held-out evaluation after the last step
+                    else:
+                        evaluation = evaluate_policy(
+                            policy,
+                            reference,
+                            tokenizer,
+                            pairs=test_pairs,
+                            prompts=test_prompts,
+                            n_samples=args.eval_samples,
+                            seed=args.seed,
+                            reward_fn=reward_fn,
+                            with_samples=False,
+                        )
+                    evaluation.pop("step", None)
+                    generator = torch.Generator().manual_seed(args.seed)
+                    shown = test_prompts[:4]  # (strings, or conversations for chat datasets)
+                    evaluation["samples"] = [
+                        {"prompt": p, "response": r}
+                        for p, r in zip(shown, sample_responses(policy, tokenizer, shown, generator=generator))
+                    ]
+                except KeyboardInterrupt:
+                    interrupted, evaluation = True, None
+            if evaluation is None:  # stopped: its last held-out evaluation stands for it
+                last = dict(history.evals[-1]) if history.evals else {"step": None, **NO_EVAL}
+                evaluation = {"eval_step": last.pop("step"), **last}
+            run = {
+                "loss": loss,
+                "beta": run_beta,
+                "length_normalize": length_normalize,
+                "steps": args.steps,
+                "seed": args.seed,
+                "interrupted": interrupted,
+                "history": list(history),
+                "evals": history.evals,
+                "eval": evaluation,
+            }
+            if failed is not None:
+                run["failed"] = failed
+            results["runs"].append(run)
+            if on_run is not None:
+                on_run(results)
             del policy
-    return {
-        "model": args.model or "data/reference_model",
-        "dataset": args.dataset or f"data/preferences ({args.labelling})",
-        "runs": runs,
-    }
+            if interrupted:
+                print(f"interrupted: {label} stopped after step {len(history)}; no further run starts", file=sys.stderr)
+                results["interrupted"] = True
+                return results
+    return results
+
+
+@contextlib.contextmanager
+def _hf_progress_bars(shown: bool):
+    """Hide transformers' own progress bars ("Loading weights") under ``--no-progress``; restore them after."""
+    from transformers.utils import logging as hf_logging
+
+    was_shown = hf_logging.is_progress_bar_enabled()
+    if not shown:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_shown and not shown:
+            hf_logging.enable_progress_bar()
 
 
 def format_table(results: dict) -> str:
-    """The comparison as a fixed-width text table."""
+    """The comparison as a fixed-width text table; interrupted and failed runs are marked."""
     head = f"{'loss':<6} {'beta':>5} {'final loss':>10} {'pref acc':>8} {'KL':>14} {'true reward':>14} {'margin':>8}"
     lines = [head, "-" * len(head)]
     for run in results["runs"]:
-        e, last = run["eval"], run["history"][-1]
+        e = run["eval"]
+        last = run["history"][-1] if run["history"] else {}
         beta = "-" if run["beta"] is None else f"{run['beta']:g}"
+        final = f"{last['loss']:.4f}" if "loss" in last else "-"
         acc = "-" if e["preference_accuracy"] is None else f"{e['preference_accuracy']:.3f}"
         kl = "-" if e["kl"] is None else f"{e['kl']:.3f}±{e['kl_stderr']:.3f}"
         reward = "-" if e["reward"] is None else f"{e['reward']:.3f}±{e['reward_stderr']:.3f}"
         margin = f"{last['margin']:.3f}" if "margin" in last else "-"
-        lines.append(f"{run['loss']:<6} {beta:>5} {last['loss']:>10.4f} {acc:>8} {kl:>14} {reward:>14} {margin:>8}")
+        line = f"{run['loss']:<6} {beta:>5} {final:>10} {acc:>8} {kl:>14} {reward:>14} {margin:>8}"
+        if run.get("failed") or run.get("interrupted"):
+            what = "failed" if run.get("failed") else "interrupted"
+            at = f" ({what} after step {len(run['history'])}"
+            at += f"; held-out numbers from step {e['eval_step']})" if e.get("eval_step") is not None else ")"
+            line += at
+        lines.append(line)
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    results = run_comparison(args)
-    print(format_table(results))
-    if args.out:
-        from .teaching.plots import plot_comparison
+def write_results(results: dict, out: Path) -> Path:
+    """``out/results.json``, all or nothing (a temporary file, then ``os.replace``): a full disk or a
+    second Ctrl-C leaves the previous file whole."""
+    from .toyworld.data import write_atomically
 
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        for name in plot_comparison(results, out):
-            print(f"wrote {out / name}")
-        print(f"wrote {out / 'results.json'}")
-    return 0
+    return write_atomically(out / "results.json", (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_plots(results: dict, out: Path) -> list[str]:
+    """The PNGs of :func:`course_lib.teaching.plots.plot_comparison`, drawn into a temporary folder in
+    ``out`` and moved into place one by one with ``os.replace`` (never a half-written PNG)."""
+    from .teaching.plots import plot_comparison
+
+    scratch = Path(tempfile.mkdtemp(dir=out, prefix=".plots-"))
+    try:
+        names = plot_comparison(results, scratch)
+        for name in names:
+            os.replace(scratch / name, out / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return names
+
+
+def main(argv=None) -> int:
+    """Run the comparison; exit status 0, 1 if a run failed, 2 on bad usage or input, 130 after Ctrl-C.
+
+    ``results.json`` is written after every run (atomically), so what is done survives a later failure,
+    a Ctrl-C or a full disk.
+    """
+    try:
+        args = parse_args(argv)
+    except SystemExit as done:  # --help, or bad usage (argparse's exit)
+        return done.code if isinstance(done.code, int) else 0
+    out = Path(args.out).expanduser() if args.out else None
+    results: dict = {}
+
+    def write_each_run(results: dict) -> None:
+        try:
+            write_results(results, out)
+        except OSError as err:
+            raise ResultsNotWritten(
+                f"cannot write {out / 'results.json'} ({err.strerror or err}); the previous file is unchanged"
+            ) from err
+
+    try:
+        run_comparison(args, results=results, on_run=write_each_run if out else None)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except ResultsNotWritten as err:
+        print(f"{PROG}: error: {err}; training stopped", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # while loading the model or the data, before any run
+        print(f"{PROG}: interrupted before the first run; nothing written", file=sys.stderr)
+        return 130
+    status = 130 if results.get("interrupted") else 1 if any(r.get("failed") for r in results["runs"]) else 0
+    if not results["runs"]:
+        print(f"{PROG}: no run finished; nothing written", file=sys.stderr)
+        return status
+    print(format_table(results))
+    if out:
+        try:
+            write_results(results, out)
+            for name in write_plots(results, out):
+                print(f"wrote {out / name}")
+            print(f"wrote {out / 'results.json'}")
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted while writing; {out / 'results.json'} holds the finished runs", file=sys.stderr)
+            return 130
+        except OSError as err:
+            print(
+                f"{PROG}: error: cannot write into {out} ({err.strerror or err}); files already there are unchanged",
+                file=sys.stderr,
+            )
+            return 1
+    return status
 
 
 if __name__ == "__main__":

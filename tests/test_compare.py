@@ -138,9 +138,7 @@ def test_dataset_from_a_local_folder_in_trl_format(tmp_path):
 
 @pytest.mark.parametrize("bad", [["--beta", "0"], ["--beta", "0.5", "-1"], ["--steps", "0"], ["--losses", "ppo"]])
 def test_bad_arguments_exit_cleanly(bad, capsys):
-    with pytest.raises(SystemExit) as error:
-        main(bad)
-    assert error.value.code == 2
+    assert main(bad) == 2
     stderr = capsys.readouterr().err
-    assert "usage:" in stderr and "Traceback" not in stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr  # one line, naming the option
     assert bad[0] in stderr

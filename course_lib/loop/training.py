@@ -12,17 +12,21 @@ imports the evaluation layer, which builds the callback (:func:`course_lib.loop.
   step 0 the policy equals the reference;
 - on CUDA the forward pass runs under bf16 autocast, and the reference leaves the GPU once its
   log-probs are computed (it comes back only for held-out evaluations);
-- a non-finite loss stops training with a message naming the step; Ctrl-C (KeyboardInterrupt)
-  returns the history so far, with ``history.interrupted = True``, and leaves the model usable.
+- a non-finite loss, or a non-finite gradient with a finite loss, stops training *before* the optimiser
+  step with a :class:`TrainingDiverged` naming the step: the weights are those after the step before,
+  and ``error.history`` holds the steps done; Ctrl-C (KeyboardInterrupt) returns the history so far,
+  with ``history.interrupted = True``, and leaves the model usable.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from ..maths.checks import check_finite
 from ..maths.logprobs import IGNORE_INDEX
 from ..maths.losses import (
     PairwiseLoss,
@@ -69,6 +73,38 @@ class History(list):
         return [entry[key] for entry in self]
 
 
+class TrainingDiverged(FloatingPointError):
+    """Training stopped at ``step`` on a non-finite loss or gradient, before that step's optimiser update.
+
+    ``history`` holds the steps done (and their evaluations); the weights are those after step ``step - 1``.
+    """
+
+    def __init__(self, message: str, *, step: int, history: History):
+        super().__init__(message)
+        self.step = step
+        self.history = history
+
+
+def check_count(name: str, value, *, minimum: int = 1) -> int:
+    """Check that ``value`` is a whole number >= ``minimum`` (numpy integers count); return it as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _nonfinite_gradients(named_params: list[tuple[str, torch.nn.Parameter]]) -> list[str]:
+    """Names of the parameters whose gradient holds inf or NaN (one device sync for all of them)."""
+    with_grad = [(name, p.grad) for name, p in named_params if p.grad is not None]
+    if not with_grad:
+        return []
+    finite = torch.stack([torch.isfinite(g).all().to(with_grad[0][1].device) for _, g in with_grad])
+    if bool(finite.all()):
+        return []
+    return [name for (name, _), ok in zip(with_grad, finite.tolist()) if not ok]
+
+
 def default_length_normalize(loss: str | PairwiseLoss) -> bool:
     """Whether ``loss`` sees averaged log-probs when the caller does not say: True for "ipo" (TRL's
     ``loss_type="ipo"``, confirmed by the IPO authors), False for "dpo", "hinge" and any callable."""
@@ -94,13 +130,19 @@ def _evaluate(evaluate: Evaluate | None, policy, step: int, steps: int, history:
 
 def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, evaluate=None) -> History:
     """The loop shared by every trainer: optimiser, progress bar, finite check, interrupts, evaluation."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = check_count("steps", steps)
+    lr = check_finite("lr", lr, minimum=0.0)
+    named_params = [(name, p) for name, p in policy.named_parameters() if p.requires_grad]
+    if not named_params:
+        raise ValueError(
+            "policy has no trainable parameters (requires_grad is False everywhere): "
+            "call policy.requires_grad_(True), or pass a copy of the model that is not frozen"
+        )
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     policy.to(device)
     policy.eval()  # no dropout; gradients still flow
-    params = [p for p in policy.parameters() if p.requires_grad]
+    params = [p for _, p in named_params]
     # fused Adam updates all parameters in one kernel (about 4x faster on CPU for the toy model)
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
     optimizer = torch.optim.Adam(params, lr=lr, fused=fused)
@@ -110,13 +152,31 @@ def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, evaluate=N
     try:
         for step in bar:
             loss, record = step_fn(generator)
+            if not loss.requires_grad:
+                raise TypeError(
+                    f"{desc}: the loss at step {step} does not require grad, so nothing can be trained: did the "
+                    "loss function detach its inputs, call .item() or build a new tensor from the numbers?"
+                )
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{desc}: the loss became {loss.item()} at step {step}; training stopped. "
-                    "Try a smaller lr or beta, or check the loss function for log(0) or overflow."
+                raise TrainingDiverged(
+                    f"{desc}: the loss became {loss.item()} at step {step}; training stopped before that step's "
+                    "update. Try a smaller lr or beta, or check the loss function for log(0) or overflow.",
+                    step=step,
+                    history=history,
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            bad = _nonfinite_gradients(named_params)
+            if bad:  # a finite loss with a NaN gradient: Adam would write NaN into every weight
+                optimizer.zero_grad(set_to_none=True)
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                raise TrainingDiverged(
+                    f"{desc}: the gradient became non-finite at step {step} (in {shown}) while the loss was "
+                    f"{loss.item():.6g}; training stopped before that step's update, so the weights are those "
+                    f"after step {step - 1}. Check the loss function for sqrt(0), log(0) or division by zero.",
+                    step=step,
+                    history=history,
+                )
             optimizer.step()
             history.append({"step": step, "loss": loss.item(), **record})
             if progress:
@@ -124,11 +184,58 @@ def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, evaluate=N
             _evaluate(evaluate, policy, step, steps, history)
     except KeyboardInterrupt:
         history.interrupted = True
+    except Exception as err:  # any other failure keeps the steps done: ``err.history``
+        if not hasattr(err, "history"):
+            try:
+                err.history = history
+            except (AttributeError, TypeError):
+                pass
+        raise
     finally:
         bar.close()
         optimizer.zero_grad(set_to_none=True)
         policy.eval()
     return history
+
+
+def _check_records(records, name: str, fields: tuple[str, ...]) -> None:
+    """Every record is a dict holding ``fields``; the first one that is not is named by its index."""
+    if not isinstance(records, (list, tuple)):
+        raise TypeError(f"{name} must be a list of dicts with {list(fields)}, got {type(records).__name__}")
+    if not records:
+        raise ValueError(f"{name} is empty")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise TypeError(f"{name}[{i}] must be a dict with {list(fields)}, got {type(record).__name__}")
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise ValueError(f"{name}[{i}] has no {missing[0]!r} (it has {sorted(record)}; expected {list(fields)})")
+
+
+def context_limit(model) -> int | None:
+    """The number of positions the model can attend to (GPT-2's ``n_positions``, Llama's
+    ``max_position_embeddings``), or None when its config does not say."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model, encoded: dict[str, torch.Tensor], describe: Callable[[int], str]) -> None:
+    """Every encoded row fits the model's context; the first that does not is named by ``describe(row)``."""
+    limit = context_limit(model)
+    if limit is None:
+        return
+    lengths = encoded["attention_mask"].sum(-1)  # (N,) prompt + response + eos
+    too_long = torch.nonzero(lengths > limit).flatten()
+    if too_long.numel():
+        row = int(too_long[0])
+        raise ValueError(
+            f"{describe(row)} is {int(lengths[row])} tokens long (prompt + response + eos), but the model allows "
+            f"{limit} positions ({too_long.numel()} row(s) too long); shorten or drop those examples"
+        )
 
 
 def _batch_indices(generator: torch.Generator, n: int, batch_size: int) -> torch.Tensor:
@@ -183,14 +290,18 @@ def train_preference(
     loss_fn = resolve_loss(loss)
     if length_normalize is None:
         length_normalize = default_length_normalize(loss)
-    if not pairs:
-        raise ValueError("pairs is empty")
+    _check_records(pairs, "pairs", ("prompt", "chosen", "rejected"))
+    batch_size = check_count("batch_size", batch_size)
+    check_count("steps", steps)
+    check_finite("lr", lr, minimum=0.0)
     tokenizer, device = _resolve_tokenizer_and_device(tokenizer, device)
     reference.to(device).eval()
 
     prompts = [p["prompt"] for p in pairs]
     chosen = encode_prompt_response(tokenizer, prompts, [p["chosen"] for p in pairs])
     rejected = encode_prompt_response(tokenizer, prompts, [p["rejected"] for p in pairs])
+    check_fits(policy, chosen, lambda row: f"pairs[{row}] (prompt + chosen)")
+    check_fits(policy, rejected, lambda row: f"pairs[{row}] (prompt + rejected)")
     width = max(chosen["input_ids"].shape[1], rejected["input_ids"].shape[1])
     # Short data (the toy world): every forward pass has the same width, so at step 1 the policy's
     # log-probs equal the precomputed reference's bit for bit. Long data (real models): trim each batch
@@ -298,8 +409,10 @@ def train_rrhf(
         of all candidates), ``logps/best`` (of the best one), and ``ranking_accuracy`` (fraction of
         reward-ordered pairs whose scores are in the same order).
     """
-    if not rankings:
-        raise ValueError("rankings is empty")
+    _check_records(rankings, "rankings", ("prompt", "responses", "rewards"))
+    batch_size = check_count("batch_size", batch_size)
+    check_count("steps", steps)
+    check_finite("lr", lr, minimum=0.0)
     k = len(rankings[0]["responses"])
     if any(len(r["responses"]) != k or len(r["rewards"]) != k for r in rankings):
         raise ValueError("every ranking must have the same number K of responses and rewards")
@@ -307,6 +420,7 @@ def train_rrhf(
     encoded = encode_prompt_response(
         tokenizer, [r["prompt"] for r in rankings for _ in range(k)], [y for r in rankings for y in r["responses"]]
     )
+    check_fits(policy, encoded, lambda row: f"rankings[{row // k}] (prompt + responses[{row % k}])")
     rewards = torch.tensor([r["rewards"] for r in rankings], dtype=torch.float32)  # (N, K)
     n = len(rankings)
 
@@ -364,15 +478,25 @@ def train_sft(
     """Supervised fine-tuning: minimise the mean per-token negative log-likelihood of each response.
 
     Args:
-        examples: dicts with "prompt" and "response" strings (the prompt is not scored).
+        examples: dicts with a "prompt" string and a "completion" string (TRL's prompt-completion form,
+            what :func:`course_lib.toyworld.data.load_sft_corpus` returns) or a "response" string; the
+            prompt is not scored.
 
     Returns:
         :class:`History` with step and loss (nats per response token).
     """
-    if not examples:
-        raise ValueError("examples is empty")
+    _check_records(examples, "examples", ("prompt",))
+    batch_size = check_count("batch_size", batch_size)
+    check_count("steps", steps)
+    check_finite("lr", lr, minimum=0.0)
+    responses = []
+    for i, e in enumerate(examples):
+        if "completion" not in e and "response" not in e:
+            raise ValueError(f"examples[{i}] has neither 'completion' nor 'response' (it has {sorted(e)})")
+        responses.append(e["completion"] if "completion" in e else e["response"])
     tokenizer, device = _resolve_tokenizer_and_device(tokenizer, device)
-    encoded = encode_prompt_response(tokenizer, [e["prompt"] for e in examples], [e["response"] for e in examples])
+    encoded = encode_prompt_response(tokenizer, [e["prompt"] for e in examples], responses)
+    check_fits(policy, encoded, lambda row: f"examples[{row}] (prompt + completion)")
 
     def step_fn(generator):
         idx = _batch_indices(generator, len(examples), batch_size)

@@ -193,10 +193,12 @@ def verify_manifest(folder: str | os.PathLike | None = None, files: list[str] | 
 
 
 # ----------------------------------------------------------------------------- validation
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """Reads a JSON-lines file into ``[(line_number, record)]``; raises ValueError naming file and line."""
+def read_jsonl(path: str | os.PathLike, *, hint: str = REBUILD_HINT) -> list[tuple[int, dict]]:
+    """Reads a JSON-lines file into ``[(line_number, record)]``; raises ValueError naming file and line
+    (malformed JSON, a line that is not an object, text that is not UTF-8, a file with no record)."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist. {REBUILD_HINT}")
+        raise FileNotFoundError(f"{path} does not exist. {hint}".strip())
     records = []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -250,7 +252,7 @@ def _load(folder, rel: str, verify: bool) -> tuple[Path, list[tuple[int, dict]]]
     folder = Path(folder) if folder is not None else data_dir()
     if verify:
         verify_manifest(folder, [rel])
-    return folder / rel, _read_jsonl(folder / rel)
+    return folder / rel, read_jsonl(folder / rel)
 
 
 def _check_split(split: str) -> None:
