@@ -282,6 +282,8 @@ def test_other_maths_name_tensors_on_different_devices():
     logps, lengths, rewards = torch.tensor([[-3.0, -4.0]]), torch.tensor([[3, 4]]), torch.tensor([[1.0, 0.0]])
     with pytest.raises(ValueError, match="device"):
         rrhf_loss(logps, lengths, rewards.to("meta"))
+    with pytest.raises(ValueError, match="device"):
+        bandit_kl(torch.full((3,), 1 / 3), torch.full((3,), 1 / 3, device="meta"))
 
 
 @pytest.mark.parametrize("beta", [np.float32(0.1), np.float64(0.1), np.int64(2), torch.tensor(0.1)])

@@ -69,6 +69,8 @@ def bandit_kl(probs: torch.Tensor, ref_probs=None) -> torch.Tensor:
         (...,) the KL in nats (0 * log 0 counts as 0).
     """
     probs = torch.as_tensor(probs, dtype=torch.float32)
+    if isinstance(ref_probs, torch.Tensor) and ref_probs.device != probs.device:
+        raise ValueError(f"probs (on {probs.device}) and ref_probs (on {ref_probs.device}) must be on one device")
     if probs.dim() == 0 or probs.shape[-1] < 2:
         raise ValueError(f"probs must have shape (..., n) with n >= 2 actions, got {tuple(probs.shape)}")
     sums = probs.sum(-1)
@@ -81,7 +83,7 @@ def bandit_kl(probs: torch.Tensor, ref_probs=None) -> torch.Tensor:
     ref_logps, _ = bandit_ref_logps(ref_probs, probs.shape[-1])
     if ref_logps.numel() != probs.shape[-1]:
         raise ValueError(f"probs has {probs.shape[-1]} actions but ref_probs has {ref_logps.numel()}")
-    terms = torch.xlogy(probs, probs) - probs * ref_logps  # (..., n)
+    terms = torch.xlogy(probs, probs) - probs * ref_logps.to(probs.device)  # (..., n)
     return terms.sum(-1)
 
 
