@@ -22,6 +22,7 @@ whitespace, so the space changes nothing there.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -161,11 +162,14 @@ def local_path_or_hub_id(name_or_path: str | os.PathLike, what: str) -> Path | s
     )
     if not local:
         return text
-    nearest = next((parent for parent in path.absolute().parents if parent.is_dir()), None)
+    hint = ""
+    if path.absolute().parent.is_dir():  # a typo next to what was meant? ("data/reference_modl")
+        siblings = [p.name for p in path.absolute().parent.iterdir() if not p.name.startswith(".")]
+        close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.75)
+        hint = f"; did you mean {str(Path(text).parent / close[0])!r}?" if close else ""
     raise FileNotFoundError(
-        f"{what} {text!r}: no such file or folder ({path.absolute()} does not exist"
-        + (f"; {nearest} holds {sorted(p.name for p in nearest.iterdir())[:12]}" if nearest is not None else "")
-        + "). A hub id looks like 'owner/name'."
+        f"{what} {text!r}: no such file or folder ({path.absolute()} does not exist{hint}). "
+        "A hub id looks like 'owner/name'."
     )
 
 
