@@ -5,12 +5,15 @@ with these bounds, :func:`course_lib.teaching.exercises.check_run` checks a lear
 and the grader (``python -m course_lib.grade``) scores with them. Each bound is a dict for
 ``claim(statement, figure, **bounds)``: ``{"above": ..., "below": ...}``, either may be None.
 
-The bounds hold for every seed (``COURSE_SEED`` 0-4, calibrated by ``make calibrate``, written to
-``notebooks/CLAIMS.md``) and on every machine, for a learner whose losses pass the checkers and who trains as
-the solution does (lr 1e-3, batch 32, the settings below). A figure is named by what it measures:
+The bounds are the solution notebook's claims as calibrated over seeds 0-7 (``make calibrate``,
+``notebooks/CLAIMS.md``): they hold for every seed and on every machine, for a learner whose losses pass
+the checkers and who trains as the solution does (lr 1e-3, batch 32, the settings below). A figure is
+named by what it measures:
 
 - ``accuracy_at_S`` / ``kl_at_S``: the held-out evaluation at step S (``"end"``: the last step);
 - ``lowest_accuracy_from_100``: the lowest held-out accuracy over the evaluations from step 100 on;
+- ``best_accuracy``: the highest held-out accuracy over all the evaluations;
+- ``lowest_kl_from_100`` / ``highest_kl_from_100``: the lowest / highest held-out KL from step 100 on;
 - ``kl_spread_from_100``: the largest ``|KL(step) - KL(end)|`` over the evaluations from step 100 on;
 - ``margin_at_S``: the mean ``margin`` (h as the loss sees it) over the 20 steps up to S;
 - ``margin_over_target_at_end``: the same at the end, divided by IPO's target 1/(2 beta);
@@ -34,19 +37,19 @@ def bounds(above: float | None = None, below: float | None = None) -> dict:
 #: §3-4, the main runs: beta = BETA, STEPS steps, evaluated every EVAL_EVERY steps. Figure -> bounds.
 MAIN_RUN = {
     "dpo": {
-        "accuracy_at_50": bounds(above=0.75),
-        "kl_at_50": bounds(2.5, 5.5),
-        "kl_at_end": bounds(10, 16),
-        "lowest_accuracy_from_100": bounds(above=0.85),
-        "margin_at_150": bounds(6, 10),
-        "margin_at_end": bounds(11, 16),
+        "accuracy_at_50": bounds(above=0.65),
+        "kl_at_end": bounds(7, 20),
+        "lowest_accuracy_from_100": bounds(above=0.83),
+        "best_accuracy": bounds(above=0.88),
+        "margin_at_150": bounds(5, 12),
+        "margin_at_end": bounds(10, 17),
     },
     "ipo": {
-        "accuracy_at_50": bounds(above=0.75),
-        "kl_at_150": bounds(2, 3.5),
-        "kl_at_end": bounds(2, 4),
-        "kl_spread_from_100": bounds(below=1.0),
-        "accuracy_at_end": bounds(0.78, 0.86),
+        "accuracy_at_50": bounds(above=0.65),
+        "kl_at_150": bounds(1.8, 4.0),
+        "lowest_kl_from_100": bounds(above=1.5),
+        "highest_kl_from_100": bounds(below=5.0),
+        "accuracy_at_end": bounds(0.75, 0.88),
         "margin_over_target_at_end": bounds(0.6, 0.85),
         "summed_margin_at_150": bounds(4.5, 7),
     },
@@ -54,18 +57,18 @@ MAIN_RUN = {
 
 #: §5, the sweep: SWEEP_STEPS steps per beta, measured once after training. (loss, beta) -> figure -> bounds.
 SWEEP = {
-    ("dpo", 0.5): {"kl": bounds(8, 13)},
-    ("dpo", 2.0): {"kl": bounds(1.7, 2.6), "preference_accuracy": bounds(above=0.88)},
-    ("dpo", 8.0): {"kl": bounds(1.4, 2.0), "preference_accuracy": bounds(above=0.82)},
-    ("ipo", 0.5): {"kl": bounds(2, 4), "preference_accuracy": bounds(0.80, 0.86)},
-    ("ipo", 2.0): {"kl": bounds(0.5, 0.9), "preference_accuracy": bounds(0.80, 0.86)},
-    ("ipo", 8.0): {"kl": bounds(0.15, 0.35), "preference_accuracy": bounds(below=0.7)},
+    ("dpo", 0.5): {"kl": bounds(2.5, 14.0), "preference_accuracy": bounds(above=0.82)},
+    ("dpo", 2.0): {"kl": bounds(1.2, 3.0), "preference_accuracy": bounds(above=0.82)},
+    ("dpo", 8.0): {"kl": bounds(0.8, 2.2), "preference_accuracy": bounds(above=0.82)},
+    ("ipo", 0.5): {"kl": bounds(1.8, 4.0), "preference_accuracy": bounds(0.76, 0.88)},
+    ("ipo", 2.0): {"kl": bounds(0.45, 1.0), "preference_accuracy": bounds(0.76, 0.88)},
+    ("ipo", 8.0): {"kl": bounds(0.08, 0.4)},
 }
 
 #: Bonus 7b: IPO at BETA on *summed* log-probs, SWEEP_STEPS steps, evaluated at step 0 and at the end.
 SUMMED_IPO_RUN = {
-    "kl_at_end": bounds(0.2, 0.6),
-    "accuracy_at_end": bounds(above=0.74),
+    "kl_at_end": bounds(0.15, 0.6),
+    "accuracy_at_end": bounds(above=0.7),
     "summed_margin_at_end": bounds(0.5, 1.1),
 }
 

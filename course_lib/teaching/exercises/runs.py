@@ -215,12 +215,18 @@ def run_figure(history, figure: str, *, beta: float) -> float | None:
     evals = {e["step"]: e for e in history.evals if "step" in e}
     end = max(evals) if evals else None
     kind, _, at = figure.rpartition("_at_")
-    if figure in ("lowest_accuracy_from_100", "kl_spread_from_100"):
+    if figure == "best_accuracy":
+        return max((e["preference_accuracy"] for e in evals.values()), default=None)
+    if figure.endswith("_from_100"):
         later = [e for s, e in evals.items() if s >= 100]
         if not later or end is None:
             return None
         if figure == "lowest_accuracy_from_100":
             return min(e["preference_accuracy"] for e in later)
+        if figure == "lowest_kl_from_100":
+            return min(e["kl"] for e in later)
+        if figure == "highest_kl_from_100":
+            return max(e["kl"] for e in later)
         return max(abs(e["kl"] - evals[end]["kl"]) for e in later)
     if figure == "margin_over_target_at_end":
         value = run_figure(history, "margin_at_end", beta=beta)
@@ -243,6 +249,9 @@ def run_figure(history, figure: str, *, beta: float) -> float | None:
 def _figure_words(figure: str) -> str:
     words = {
         "lowest_accuracy_from_100": "lowest held-out accuracy from step 100 on",
+        "best_accuracy": "best held-out accuracy over the run",
+        "lowest_kl_from_100": "lowest held-out KL from step 100 on",
+        "highest_kl_from_100": "highest held-out KL from step 100 on",
         "kl_spread_from_100": "largest change of the KL from step 100 to the end",
         "margin_over_target_at_end": "mean margin at the end over IPO's target 1/(2 beta)",
     }

@@ -88,35 +88,31 @@ def _grade_in_process(path: Path, *, timeout: float, device: str, seed: int, qui
         return result
 
 
-def _watched(paths: list[Path], out: Path) -> list[Path]:
-    """The folders a submission must not touch: the course's data and the submissions' own folders."""
+def _watched_snapshot(paths: list[Path]) -> dict[str, tuple[int, int]]:
+    """Size and modification time of what a submission must not touch: every submitted file, and the
+    course's data folder."""
     from ...toyworld.data import data_dir
 
-    folders = {data_dir().resolve(), *(p.parent.resolve() for p in paths)}
-    return sorted(f for f in folders if f.is_dir() and f != out.resolve() and out.resolve() not in f.parents)
-
-
-def _snapshots(folders: list[Path], out: Path) -> dict:
-    snaps = {}
-    for folder in folders:
-        snap = _snapshot(folder)
-        try:  # the output folder may sit inside a submissions folder
-            relative = out.resolve().relative_to(folder)
-            snap = {k: v for k, v in snap.items() if not Path(k).is_relative_to(relative)}
-        except ValueError:
-            pass
-        snaps[folder] = snap
-    return snaps
+    files = {}
+    for path in paths:
+        try:
+            stat = path.stat()
+            files[str(path.resolve())] = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            files[str(path.resolve())] = None
+    folder = data_dir().resolve()
+    if folder.is_dir():
+        files.update({str(folder / name): value for name, value in _snapshot(folder).items()})
+    return files
 
 
 def _changes(before: dict, after: dict) -> list[str]:
     changed = []
-    for folder, old in before.items():
-        new = after.get(folder, {})
-        for name in sorted(set(old) | set(new)):
-            if old.get(name) != new.get(name):
-                what = "deleted" if name not in new else ("created" if name not in old else "changed")
-                changed.append(f"{what} {folder / name}")
+    for name in sorted(set(before) | set(after)):
+        if before.get(name) != after.get(name):
+            gone = after.get(name) is None
+            what = "deleted" if gone else ("created" if before.get(name) is None else "changed")
+            changed.append(f"{what} {name}")
     return changed
 
 
@@ -136,8 +132,7 @@ def grade_batch(
     out = Path(out)
     (out / "feedback").mkdir(parents=True, exist_ok=True)
     names = submission_names(paths)
-    watched = _watched(paths, out)
-    baseline = _snapshots(watched, out)
+    baseline = _watched_snapshot(paths)
     results: dict[int, dict] = {}
     start = time.monotonic()
     bar = tqdm(total=len(paths), desc="grading", unit="notebook", disable=not progress)
@@ -152,7 +147,7 @@ def grade_batch(
                 result = future.result()
             except Exception as exc:  # the grader's own failure on this one: its row says so
                 result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
-            now = _snapshots(watched, out)
+            now = _watched_snapshot(paths)
             changed = _changes(baseline, now)
             if changed:
                 shown = "; ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")

@@ -121,7 +121,8 @@ def grade_one(path: str | Path, *, timeout: float = 300, device: str = "cpu", se
     shutil.copyfile(path, copy)
     original = copy.read_bytes()
     try:
-        _run(nb, result, work=work, env=kernel_env(root, device=device, seed=seed), timeout=timeout, quick=quick)
+        env = kernel_env(root, device=device, seed=seed)
+        _run(nb, result, work=work, env=env, timeout=timeout, quick=quick, seed=seed)
         outside = sorted(
             name for name in os.listdir(root) if name not in ("work", "home")
         )  # anything written next to its folder
@@ -137,7 +138,7 @@ def grade_one(path: str | Path, *, timeout: float = 300, device: str = "cpu", se
     return result
 
 
-def _run(nb, result: dict, *, work: Path, env: dict, timeout: float, quick: bool) -> None:
+def _run(nb, result: dict, *, work: Path, env: dict, timeout: float, quick: bool, seed: int) -> None:
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -152,7 +153,7 @@ def _run(nb, result: dict, *, work: Path, env: dict, timeout: float, quick: bool
         resources={"metadata": {"path": str(work)}},
     )
     deadline = time.monotonic() + timeout
-    settings = _settings(quick)
+    settings = {**_settings(quick), "seed": seed}
 
     def run_cell(source: str, limit: float):
         cell = nbformat.v4.new_code_cell(source)
@@ -240,7 +241,6 @@ def _probe(run_cell, result: dict, settings: dict, *, runs: bool = True) -> None
         return
     losses = result["findings"].get("losses", {})
     ok = {key: losses.get(key, {}).get("status") == "ok" for key in ("dpo", "ipo")}
-    settings = {**settings, "seed": int(os.environ.get("COURSE_SEED", "0") or 0)}
     source = f"_grader_runs = _grader.check_runs(globals(), {settings!r}, {ok!r})"
     try:
         cell = run_cell(source, PROBE_TIMEOUT * 3)
