@@ -200,7 +200,7 @@ def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, evaluate=N
 
 def _check_records(records, name: str, fields: tuple[str, ...]) -> None:
     """Every record is a dict holding ``fields``; the first one that is not is named by its index."""
-    if not isinstance(records, (list, tuple)):
+    if isinstance(records, (str, bytes, dict)) or not hasattr(records, "__len__"):
         raise TypeError(f"{name} must be a list of dicts with {list(fields)}, got {type(records).__name__}")
     if not records:
         raise ValueError(f"{name} is empty")
