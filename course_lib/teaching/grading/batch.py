@@ -55,7 +55,7 @@ def _grade_in_process(path: Path, *, timeout: float, device: str, seed: int, qui
         command = [
             sys.executable,
             "-m",
-            "course_lib.teaching.grading.execute",
+            "course_lib.teaching.grading.worker",
             str(path),
             "--result",
             str(result_file),

@@ -3,7 +3,7 @@
 ``grade_one(path, ...)`` returns a JSON-able dict: ``status`` (ok / timeout / error / invalid), the cells
 that raised, the findings of :mod:`.probe`, and ``flags`` (files written outside its folder, its own copy
 deleted or overwritten). The batch runs it in a separate process per submission
-(``python -m course_lib.teaching.grading.execute NOTEBOOK --result FILE ...``), so that nothing a
+(``python -m course_lib.teaching.grading.worker NOTEBOOK --result FILE ...``), so that nothing a
 submission does reaches the others.
 
 The working copy: a new temporary folder per submission, ``ROOT/work/`` (the kernel's working directory,
@@ -14,11 +14,9 @@ unless a device is asked for, with one torch thread per kernel.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -251,21 +249,3 @@ def _probe(run_cell, result: dict, settings: dict, *, runs: bool = True) -> None
     error = _error_of(cell)
     if error:
         result["errors"].append({"cell": "grader", **error})
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Grade one submission (the batch grader's worker).")
-    parser.add_argument("notebook")
-    parser.add_argument("--result", required=True)
-    parser.add_argument("--timeout", type=float, default=300)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    result = grade_one(args.notebook, timeout=args.timeout, device=args.device, seed=args.seed, quick=args.quick)
-    Path(args.result).write_text(json.dumps(result, indent=1, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
