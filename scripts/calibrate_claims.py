@@ -110,7 +110,7 @@ def summarise(runs: dict[tuple[str, int], tuple[list[dict], str | None]], seeds:
             )
             worst_seed, worst = min(records, key=lambda sr: sr[1]["margin"])
             held = sum(r["held"] for _, r in records)
-            name = statement + (f" (#{occurrence + 1})" if occurrence else "")
+            name = statement.replace("|", "\\|") + (f" (#{occurrence + 1})" if occurrence else "")
             lines.append(
                 f"| {name} | {bounds} | {min(values):.4g} .. {max(values):.4g} | "
                 f"{worst['margin']:.3g} ({worst_seed}) | {held}/{len(records)} |"
