@@ -154,7 +154,9 @@ SWEEP_DPO = [
 def test_the_solutions_sweep_passes(capsys):
     assert diagnose_sweep(SWEEP_DPO, "dpo") == []
     assert check_sweep(SWEEP_DPO, "dpo")
-    runs = [history(beta=b, steps=150, evals={"preference_accuracy": [], "kl": []}) for b in expected.SWEEP_BETAS]
+    runs = [
+        history(beta=b, steps=150, evals={"preference_accuracy": [], "kl": []}) for b in expected.SETTINGS.sweep_betas
+    ]
     assert diagnose_sweep(SWEEP_DPO, "dpo", histories=runs, steps=150) == []
 
 
@@ -169,7 +171,7 @@ def test_a_reused_policy_in_the_sweep_is_named():
             evals={"preference_accuracy": [], "kl": []},
             margin=(lambda s: s / 100) if i == 0 else (lambda s: 5 + s / 100),
         )
-        for i, b in enumerate(expected.SWEEP_BETAS)
+        for i, b in enumerate(expected.SETTINGS.sweep_betas)
     ]
     assert codes(diagnose_sweep(SWEEP_DPO, "dpo", histories=runs, steps=150, figures=False)).count("reused policy") == 2
 
@@ -184,10 +186,10 @@ def test_expected_is_the_one_place_of_the_settings():
 
     full = _settings(quick=False)
     assert (full["beta"], full["steps"], full["eval_every"], full["sweep_steps"]) == (
-        expected.BETA,
-        expected.STEPS,
-        expected.EVAL_EVERY,
-        expected.SWEEP_STEPS,
+        expected.SETTINGS.beta,
+        expected.SETTINGS.steps,
+        expected.SETTINGS.eval_every,
+        expected.SETTINGS.sweep_steps,
     )
     for table in (*expected.MAIN_RUN.values(), *expected.SWEEP.values(), expected.SUMMED_IPO_RUN):
         for bound in table.values():

@@ -7,8 +7,9 @@ intended use and is not a rebinding; aliasing a library name onto another (``imp
 ``from course_lib.maths.losses import ipo_loss as dpo_loss``) is.
 
 The library's public names are ``course_lib.__all__`` plus the public names each module of every layer
-defines at top level (read from its source, so that nothing heavy is imported). The CLIs ``build_data``
-and ``compare``, private modules and the shared input checks (``maths.checks``) are skipped.
+defines at top level (read from its source, so that nothing heavy is imported). The CLIs ``build_data``,
+``compare`` and ``grade`` (with the grader's engine, ``teaching.grading``), private modules and the shared
+input checks (``maths.checks``) are skipped.
 """
 
 import ast
@@ -24,7 +25,8 @@ import course_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-SKIPPED_MODULES = {"course_lib.build_data", "course_lib.compare", "course_lib.maths.checks"}
+SKIPPED_MODULES = {"course_lib.build_data", "course_lib.compare", "course_lib.grade", "course_lib.maths.checks"}
+SKIPPED_PACKAGES = ("course_lib.teaching.grading",)  # the grader's engine: used by its CLI, never by a notebook
 SCOPED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
@@ -137,7 +139,11 @@ def library_public_names() -> dict[str, str]:
     package_dir = Path(course_lib.__path__[0])
     for module in pkgutil.walk_packages(course_lib.__path__, prefix="course_lib."):
         parts = module.name.split(".")[1:]
-        if any(part.startswith("_") for part in parts) or module.name in SKIPPED_MODULES:
+        if (
+            any(part.startswith("_") for part in parts)
+            or module.name in SKIPPED_MODULES
+            or module.name.startswith(SKIPPED_PACKAGES)
+        ):
             continue
         path = (
             package_dir.joinpath(*parts, "__init__.py")

@@ -22,10 +22,23 @@ named by what it measures:
 
 from __future__ import annotations
 
-BETA = 0.5  # the two main runs (exercises 3 and 4)
-STEPS, EVAL_EVERY = 300, 50
-EVAL_SAMPLES = 128
-SWEEP_BETAS, SWEEP_STEPS = (0.5, 2.0, 8.0), 150  # exercise 5; also the steps of bonus 7b
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings the bounds hold for: the solution notebook's ``BETA``, ``STEPS``, ``EVAL_EVERY``,
+    ``EVAL_SAMPLES``, ``SWEEP_BETAS`` and ``SWEEP_STEPS`` (the notebook keeps its own names for them)."""
+
+    beta: float = 0.5  # the two main runs (exercises 3 and 4)
+    steps: int = 300
+    eval_every: int = 50
+    eval_samples: int = 128
+    sweep_betas: tuple = (0.5, 2.0, 8.0)  # exercise 5
+    sweep_steps: int = 150  # exercise 5; also the steps of bonus 7b
+
+
+SETTINGS = RunSettings()
 LENGTH_NORMALIZE = {"dpo": False, "ipo": True}  # the course's convention (summed for DPO, averaged for IPO)
 
 
@@ -34,7 +47,7 @@ def bounds(above: float | None = None, below: float | None = None) -> dict:
     return {"above": above, "below": below}
 
 
-#: §3-4, the main runs: beta = BETA, STEPS steps, evaluated every EVAL_EVERY steps. Figure -> bounds.
+#: §3-4, the main runs: SETTINGS.beta, SETTINGS.steps steps, evaluated every SETTINGS.eval_every. Figure -> bounds.
 MAIN_RUN = {
     "dpo": {
         "accuracy_at_50": bounds(above=0.65),
@@ -55,7 +68,7 @@ MAIN_RUN = {
     },
 }
 
-#: §5, the sweep: SWEEP_STEPS steps per beta, measured once after training. (loss, beta) -> figure -> bounds.
+#: §5, the sweep: SETTINGS.sweep_steps steps per beta, measured once after training. (loss, beta) -> figure -> bounds.
 SWEEP = {
     ("dpo", 0.5): {"kl": bounds(2.5, 14.0), "preference_accuracy": bounds(above=0.82)},
     ("dpo", 2.0): {"kl": bounds(1.2, 3.0), "preference_accuracy": bounds(above=0.82)},
@@ -65,7 +78,7 @@ SWEEP = {
     ("ipo", 8.0): {"kl": bounds(0.08, 0.4)},
 }
 
-#: Bonus 7b: IPO at BETA on *summed* log-probs, SWEEP_STEPS steps, evaluated at step 0 and at the end.
+#: Bonus 7b: IPO at SETTINGS.beta on *summed* log-probs, SETTINGS.sweep_steps steps, evaluated at the start and end.
 SUMMED_IPO_RUN = {
     "kl_at_end": bounds(0.15, 0.6),
     "accuracy_at_end": bounds(above=0.7),

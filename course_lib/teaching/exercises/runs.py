@@ -20,19 +20,7 @@ import math
 from dataclasses import dataclass
 
 from .engine import _say
-from .expected import (
-    BETA,
-    EVAL_EVERY,
-    LENGTH_NORMALIZE,
-    MAIN_RUN,
-    STEPS,
-    SUMMED_IPO_RUN,
-    SWEEP,
-    SWEEP_BETAS,
-    SWEEP_STEPS,
-    describe,
-    within,
-)
+from .expected import LENGTH_NORMALIZE, MAIN_RUN, SETTINGS, SUMMED_IPO_RUN, SWEEP, describe, within
 
 FRESH_MARGIN = 0.02  # |h| at step 1 above this: the policy was not a fresh copy of the reference
 MOVED_MARGIN = 1e-6  # |h| at every step below this: the policy never moved
@@ -76,7 +64,7 @@ def diagnose_run(
         length_normalize: default False for DPO and for part "summed", True for IPO.
         seed: the seed the run should have used (None: not checked).
         loss_fn: the learner's loss function; when given, the run must have trained with it.
-        eval_every: the steps between evaluations (default ``EVAL_EVERY`` for the main runs).
+        eval_every: the steps between evaluations (default ``SETTINGS.eval_every`` for the main runs).
         figures: compare the held-out figures with :mod:`.expected` (only when beta and steps are the
             expected ones: the bounds hold for those settings).
     """
@@ -85,12 +73,12 @@ def diagnose_run(
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     label = _label(loss, part)
-    full_steps = SWEEP_STEPS if part in ("sweep", "summed") else STEPS
-    beta = BETA if beta is None else beta
+    full_steps = SETTINGS.sweep_steps if part in ("sweep", "summed") else SETTINGS.steps
+    beta = SETTINGS.beta if beta is None else beta
     steps = full_steps if steps is None else steps
     if length_normalize is None:
         length_normalize = False if part == "summed" else LENGTH_NORMALIZE[loss]
-    eval_every = (EVAL_EVERY if part == "main" else steps) if eval_every is None else eval_every
+    eval_every = (SETTINGS.eval_every if part == "main" else steps) if eval_every is None else eval_every
 
     if not isinstance(history, list) or not hasattr(history, "evals"):
         return [
@@ -195,7 +183,7 @@ def diagnose_run(
     settings_right = not any(
         p.code in ("wrong beta", "too few steps", "too many steps", "interrupted", "evaluation steps") for p in problems
     )
-    if figures and part != "sweep" and settings_right and math.isclose(beta, BETA) and steps == full_steps:
+    if figures and part != "sweep" and settings_right and math.isclose(beta, SETTINGS.beta) and steps == full_steps:
         expected = MAIN_RUN[loss] if part == "main" else SUMMED_IPO_RUN
         for figure, bound in expected.items():
             value = run_figure(history, figure, beta=beta)
@@ -268,7 +256,7 @@ def _figure_words(figure: str) -> str:
 
 
 def diagnose_sweep(
-    points, loss: str, *, betas=SWEEP_BETAS, figures: bool = True, histories=None, **run_kwargs
+    points, loss: str, *, betas=SETTINGS.sweep_betas, figures: bool = True, histories=None, **run_kwargs
 ) -> list[RunProblem]:
     """The slips in a sweep (``my_sweep``'s list of dicts, one per beta); optionally in its runs' histories.
 
@@ -299,7 +287,7 @@ def diagnose_sweep(
                 "sweep runs", f"{label}: {len(histories)} training runs for {len(betas)} betas: train once per beta."
             )
         )
-    if figures and tuple(betas) == tuple(SWEEP_BETAS) and not any(p.code == "too few steps" for p in problems):
+    if figures and tuple(betas) == tuple(SETTINGS.sweep_betas) and not any(p.code == "too few steps" for p in problems):
         high = []
         for point in points:
             for figure, bound in SWEEP.get((loss, float(point["beta"])), {}).items():
@@ -337,7 +325,7 @@ def _print_verdict(problems: list[RunProblem], ok_line: str) -> bool:
 def check_run(history, loss: str, **kwargs) -> bool:
     """Print ✅, or ❌ with each slip of :func:`diagnose_run`; True when the run is as expected.
 
-    Example: ``check_run(dpo_history, "dpo", beta=BETA, steps=STEPS, loss_fn=my_dpo_loss)``.
+    Example: ``check_run(dpo_history, "dpo", beta=BETA, steps=STEPS, loss_fn=my_dpo_loss)`` (the notebook's names).
     """
     part = kwargs.get("part", "main")
     problems = diagnose_run(history, loss, **kwargs)
@@ -345,8 +333,13 @@ def check_run(history, loss: str, **kwargs) -> bool:
         return _print_verdict(problems, "")
     logps = "averaged" if history.length_normalize else "summed"
     evals = f", {len(history.evals)} evaluations" if history.evals else ""
-    full_steps = SWEEP_STEPS if part == "summed" else STEPS
-    compared = kwargs.get("figures", True) and part != "sweep" and history.steps == full_steps and history.beta == BETA
+    full_steps = SETTINGS.sweep_steps if part == "summed" else SETTINGS.steps
+    compared = (
+        kwargs.get("figures", True)
+        and part != "sweep"
+        and history.steps == full_steps
+        and history.beta == SETTINGS.beta
+    )
     figures = "held-out figures within the expected ranges" if compared else "figures not compared"
     return _print_verdict(
         [],

@@ -216,11 +216,13 @@ def _write(out: Path, rows: list[dict], results: dict, names: list[str], *, quic
 def feedback(row: dict, result: dict, *, quick: bool = False) -> str:
     """The feedback file of one submission, in markdown."""
     auto, bonus = max_points(auto=True), max_points(bonus=True, auto=True)
+    got_bonus = sum(row[p.key] for p in AUTO_PARTS if p.bonus)
     lines = [
         f"# Exercise 18.3: feedback for {row['submission']}",
         "",
-        f"Status: **{row['status']}**. Automatic points: **{row['total']}** of {auto} (+{bonus} bonus); the other "
-        f"{max_points(auto=False)} (+{max_points(bonus=True, auto=False)}) points are graded by hand.",
+        f"Status: **{row['status']}**. Automatic points: **{row['total'] - got_bonus} of {auto}**, bonus "
+        f"**{got_bonus} of {bonus}**; the other {max_points(auto=False)} points "
+        f"(and {max_points(bonus=True, auto=False)} bonus) are graded by hand.",
     ]
     if quick:
         lines.append("Graded with --quick: short runs, their figures not compared.")
@@ -244,7 +246,8 @@ def feedback(row: dict, result: dict, *, quick: bool = False) -> str:
                     "with train_preference." + ("".join(f"\n- {m}" for m in problems))
                 )
             elif not run.get("problems"):
-                lines.append("✅ As expected" + (" (figures not compared: --quick)." if quick else "."))
+                figures = "figures not compared (--quick)" if quick else "figures within the expected ranges"
+                lines.append(f"✅ Set up as expected; {figures}.")
             else:
                 lines += [f"- ❌ {message}" for _, message in run["problems"]]
     if row["flags"]:

@@ -208,19 +208,19 @@ def _settings(quick: bool) -> dict:
 
     if quick:
         return {
-            "beta": expected.BETA,
+            "beta": expected.SETTINGS.beta,
             "steps": QUICK_SETTINGS["STEPS"],
             "eval_every": QUICK_SETTINGS["EVAL_EVERY"],
-            "sweep_betas": list(expected.SWEEP_BETAS),
+            "sweep_betas": list(expected.SETTINGS.sweep_betas),
             "sweep_steps": QUICK_SETTINGS["SWEEP_STEPS"],
             "figures": False,
         }
     return {
-        "beta": expected.BETA,
-        "steps": expected.STEPS,
-        "eval_every": expected.EVAL_EVERY,
-        "sweep_betas": list(expected.SWEEP_BETAS),
-        "sweep_steps": expected.SWEEP_STEPS,
+        "beta": expected.SETTINGS.beta,
+        "steps": expected.SETTINGS.steps,
+        "eval_every": expected.SETTINGS.eval_every,
+        "sweep_betas": list(expected.SETTINGS.sweep_betas),
+        "sweep_steps": expected.SETTINGS.sweep_steps,
         "figures": True,
     }
 
