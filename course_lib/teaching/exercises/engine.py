@@ -86,6 +86,22 @@ class _Finding(str):
         return finding
 
 
+def _labelled(mistake: str):
+    """Decorate a diagnosis function: a plain-text diagnosis it returns is labelled ``mistake`` (for the grader)."""
+
+    def decorate(fn):
+        def labelled(*args, **kwargs):
+            found = fn(*args, **kwargs)
+            if isinstance(found, str) and not isinstance(found, _Finding):
+                return _Finding.of(found, mistake)
+            return found
+
+        labelled.__name__, labelled.__doc__ = fn.__name__, fn.__doc__
+        return labelled
+
+    return decorate
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What a checker decided: ``status`` "ok", "stub" or "wrong"; the ``paragraphs`` it prints.
@@ -286,10 +302,11 @@ def _call(fn, ex: Exercise, inputs: dict, case: Case, *, first: bool):
         return None, _exception_problem(exc, case, ex)
     for name, t, (before, version) in zip(ex.tensor_names, tensors, saved):
         if t._version != version or t.shape != before.shape or not torch.equal(t, before):
-            return None, (
+            return None, _Finding.of(
                 f"Your function changed its input {name} in place (on the case: {case.name}). A loss must not modify "
                 f"its arguments: the caller reuses them, and autograd may fail. Use out-of-place operations, "
-                f"`a = a - b` instead of `a -= b`, `a.sub_(b)` or `a[...] = ...`."
+                f"`a = a - b` instead of `a -= b`, `a.sub_(b)` or `a[...] = ...`.",
+                "changed an input in place",
             )
     return out, _type_problem(out, ex)
 
@@ -299,6 +316,7 @@ def _call_reference(ex: Exercise, inputs: dict) -> torch.Tensor:
     return ex.reference(*tensors, **{k: v for k, v in inputs.items() if k not in ex.tensor_names})
 
 
+@_labelled("not a float tensor")
 def _type_problem(out, ex: Exercise) -> str | None:
     """A diagnosis when ``out`` is not a floating-point torch tensor."""
     per = f"one loss per {ex.unit}, a tensor of shape (B,)"
@@ -353,9 +371,10 @@ def _exception_problem(exc: Exception, case: Case, ex: Exercise) -> str:
     for needle, hint in _EXCEPTION_HINTS:
         if needle in str(exc):
             message += " " + hint
-    return message
+    return _Finding.of(message, f"raised {type(exc).__name__}")
 
 
+@_labelled("wrong signature")
 def _signature_problem(fn, tensors, hyper, ex: Exercise) -> str | None:
     """A diagnosis when ``fn`` cannot take the library's arguments (four tensors, then keywords)."""
     try:
@@ -418,6 +437,7 @@ def _known_mistake(outputs, views, tolerances, ex: Exercise) -> str | None:
     return None
 
 
+@_labelled("wrong shape")
 def _shape_problem(outputs, expected, ex: Exercise) -> str | None:
     """A diagnosis for the first case whose output has the wrong shape."""
     for case, out, want in zip(ex.cases, outputs, expected):
@@ -444,6 +464,7 @@ def _shape_problem(outputs, expected, ex: Exercise) -> str | None:
     return None
 
 
+@_labelled("inf or NaN")
 def _non_finite_problem(outputs, expected, ex: Exercise) -> str | None:
     """A diagnosis for the first case where the output has inf/NaN and the library's does not."""
     for case, out, want in zip(ex.cases, outputs, expected):
@@ -460,6 +481,7 @@ def _non_finite_problem(outputs, expected, ex: Exercise) -> str | None:
     return None
 
 
+@_labelled("unrecognised numbers")
 def _show_numbers(outputs, expected, tolerances, views, ex: Exercise) -> str:
     """No known mistake: show the numbers of the first case that differs, and the checklist."""
     for case, out, want, tol, view in zip(ex.cases, outputs, expected, tolerances, views):
@@ -474,6 +496,7 @@ def _show_numbers(outputs, expected, tolerances, views, ex: Exercise) -> str:
     return ex.hint  # not reached: some case differs
 
 
+@_labelled("wrong gradients")
 def _gradient_problem(fn, ex: Exercise) -> str | None:
     """Check that gradients reach the policy's log-probs and match the library's (values are already right)."""
     for case in (c for c in ex.cases if c.check_grad):
