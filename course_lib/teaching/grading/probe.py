@@ -173,6 +173,14 @@ def check_runs(namespace: dict, settings: dict, losses_ok: dict) -> dict:
                     **common,
                 )
             )
+            if record["policy_is_reference"] and all(c != "trained the reference" for c, _ in result["problems"]):
+                result["problems"].append(
+                    [
+                        "trained the reference",
+                        f"{key.upper()}: train_preference was given the reference itself as the policy: train "
+                        "copy.deepcopy(reference) instead.",
+                    ]
+                )
         out[f"{key}_run"] = result
 
     for key in ("dpo", "ipo"):  # §5: the sweeps
