@@ -61,7 +61,7 @@ PARTS = (
         10,
         False,
         "names the two behaviours with numbers from their run: DPO's KL keeps rising while accuracy stalls; "
-        "IPO's KL levels off below DPO's.",
+        "IPO's KL stays in a band well below DPO's.",
     ),
     Part(
         "dpo_sweep",
@@ -72,7 +72,11 @@ PARTS = (
     ),
     Part("ipo_sweep", "§5 IPO sweep", 5, True, "as for DPO."),
     Part(
-        "sweep_answer", "§5 answer", 10, False, "says how beta moves each loss and compares KL at comparable accuracy."
+        "sweep_answer",
+        "§5 answer",
+        10,
+        False,
+        "says how beta moves each loss and reads the trade-off from their points (neither loss wins outright).",
     ),
     Part(
         "questions",
@@ -80,8 +84,9 @@ PARTS = (
         25,
         False,
         "Q1 (8): DPO's loss has no finite minimiser, its gradient never vanishes, deterministic labels make the "
-        "optimum degenerate whatever beta is. Q2 (7): IPO at comparable accuracy (about half the KL), with DPO only "
-        "above about 0.85. Q3 (7): DPO's beta scales the implicit reward / KL coefficient and does not bound the KL "
+        "optimum degenerate whatever beta is. Q2 (7): it depends on the accuracy: IPO reaches KLs no DPO run "
+        "does, DPO accuracies IPO does not, and keeps paying KL on deterministic pairs. Q3 (7): DPO's beta "
+        "scales the implicit reward / KL coefficient and does not bound the KL "
         "on deterministic pairs; IPO's beta sets the target 1/(2 beta) in the units of the log-probs fed. Q4 (3): "
         "h = 0 at step 0 and the accuracy is strict.",
     ),
