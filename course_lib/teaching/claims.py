@@ -38,8 +38,11 @@ def claim_margin(value: float, *, above: float | None = None, below: float | Non
     return min(margins) if margins else math.inf
 
 
-def claim(statement: str, value, *, above: float | None = None, below: float | None = None) -> float:
-    """Asserts ``above < value < below`` (either bound may be left out) and returns ``value`` as a float.
+def claim(statement: str, value, *, above: float | None = None, below: float | None = None) -> None:
+    """Asserts ``above < value < below`` (either bound may be left out).
+
+    Returns None, so that a notebook cell ending in a claim displays nothing (a displayed figure would be
+    compared digit for digit by nbval).
 
     Args:
         statement: the claim in words, as the notebook's prose makes it; it names the claim in the log
@@ -85,4 +88,3 @@ def claim(statement: str, value, *, above: float | None = None, below: float | N
             if text
         )
         raise ClaimError(f"claim failed: {statement}: the figure is {number:.6g}, expected {bounds}")
-    return number
