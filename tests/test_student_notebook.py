@@ -260,9 +260,10 @@ def test_student_notebook_runs_without_an_exception_and_says_not_implemented_yet
     assert "Traceback" not in stdout
     for name in ("my_dpo_loss", "my_ipo_loss", "my_rrhf_loss"):  # said by the library's checkers
         assert f"⏳ {name} {NOT_YET} — replace `raise NotImplementedError()` with your code." in stdout
-    # the exercises that need the losses say so instead of failing
-    assert "⏳ exercise 3 waits for my_dpo_loss and my_ipo_loss (exercises 1 and 2)." in stdout
-    assert "⏳ exercise 5 waits for my_dpo_loss and my_ipo_loss (exercises 1 and 2)." in stdout
+    # the exercises that need the losses say so instead of failing, each run waiting only for its own loss
+    for run in ("run", "sweep"):
+        assert f"⏳ the DPO {run} waits for my_dpo_loss (exercise 1)." in stdout
+        assert f"⏳ the IPO {run} waits for my_ipo_loss (exercise 2)." in stdout
     assert "⏳ 7b waits for my_ipo_loss (exercise 2)." in stdout
 
 
