@@ -125,7 +125,7 @@ def move_slider_and_check(lab_page: LabPage, description: str, readout_selector:
     text = widget.locator(readout_selector).first
     image.wait_for(state="visible")
     before = {
-        "readout": slider.locator(".widget-readout").inner_text().strip(),
+        "readout": (slider.locator(".widget-readout").text_content() or "").strip(),
         "text": text.inner_text(),
         "image": lab_page.image_digest(image),
     }
@@ -135,11 +135,11 @@ def move_slider_and_check(lab_page: LabPage, description: str, readout_selector:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the kernel redraws asynchronously
         after = {
-            "readout": slider.locator(".widget-readout").inner_text().strip(),
+            "readout": (slider.locator(".widget-readout").text_content() or "").strip(),
             "text": text.inner_text(),
             "image": lab_page.image_digest(image),
         }
-        if all(after[k] != before[k] for k in before):
+        if all(after[k] != before[k] for k in before) and after["readout"]:  # (mid-redraw the readout is empty)
             break
         time.sleep(0.25)
     time.sleep(0.5)
