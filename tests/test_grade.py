@@ -307,3 +307,16 @@ def test_the_rubric_table_in_instructors_md_is_up_to_date():
 def test_the_rubric_adds_up():
     assert sum(p.points for p in PARTS if not p.bonus) == 100
     assert sum(p.points for p in PARTS if p.bonus) == 10
+
+
+def test_a_run_the_grader_had_to_make_itself_is_scored_and_flagged():
+    from course_lib.teaching.grading.batch import _row
+
+    made_by_notebook = {"found": True, "problems": []}
+    made_by_grader = {"found": True, "problems": [], "made_by_grader": True}
+    findings = {"runs": {"dpo_run": made_by_notebook, "ipo_run": made_by_grader}}
+    row = _row("learner", Path("learner.ipynb"), {"status": "ok", "findings": findings})
+    points = {p.key: p.points for p in AUTO_PARTS}
+    assert (row["dpo_run"], row["ipo_run"]) == (points["dpo_run"], points["ipo_run"])  # both right runs: full marks
+    assert any("the notebook did not make this run, the grader called the function" in f for f in row["flags"])
+    assert not any(f.startswith(dict((p.key, p.section) for p in AUTO_PARTS)["dpo_run"]) for f in row["flags"])
