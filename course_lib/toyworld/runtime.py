@@ -2,7 +2,7 @@
 
 - ``course_seed()`` reads ``$COURSE_SEED`` (default 0). Notebooks take every seed from it (training, data
   order, sampling), so ``COURSE_SEED=1 jupyter nbconvert --execute ...`` reruns the chapter on other draws:
-  the printed figures change, and every claim still holds.
+  the printed figures change, and the claims hold (calibrated over seeds 0-7: ``notebooks/CLAIMS.md``).
 - ``tiny_model_threads(model)`` runs a block with one torch intra-op thread when ``model`` is small and on the
   CPU. A 0.1M-parameter model gains nothing from more threads, and torch's OpenMP threads spin against every
   other process on a busy machine (a notebook took 255 s instead of 41 s beside one busy process). A real
