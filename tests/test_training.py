@@ -388,6 +388,13 @@ def test_train_rrhf_without_reference(world):
         assert entry["loss"] == pytest.approx(entry["rank_loss"] + 0.5 * entry["sft_loss"], rel=1e-5)
         assert entry["sft_loss"] > 0 and entry["rank_loss"] >= 0 and 0 <= entry["ranking_accuracy"] <= 1
     assert not torch.equal(policy.transformer.wte.weight, world["reference"].transformer.wte.weight)  # it trained
+    assert (history.loss, history.beta, history.steps, history.seed) == ("rrhf", None, 3, 0)
+
+
+def test_the_history_records_what_produced_the_run(world):
+    history = _train(world, loss="ipo", beta=0.25, steps=2, seed=7)
+    recorded = (history.loss, history.beta, history.length_normalize, history.steps, history.seed)
+    assert recorded == ("ipo", 0.25, True, 2, 7)
 
 
 def test_train_rrhf_rejects_empty_rankings(world):

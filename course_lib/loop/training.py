@@ -147,6 +147,7 @@ def _run(policy, *, steps, lr, seed, device, progress, desc, step_fn, evaluate=N
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
     optimizer = torch.optim.Adam(params, lr=lr, fused=fused)
     history = History()
+    history.steps, history.seed = steps, seed  # what produced the run (the trainer adds the loss)
     _evaluate(evaluate, policy, 0, steps, history)
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
     try:
@@ -367,7 +368,6 @@ def train_preference(
         evaluate=evaluate,
     )
     history.loss, history.beta, history.length_normalize = name, beta, bool(length_normalize)
-    history.steps, history.seed = steps, seed
     return history
 
 
@@ -458,7 +458,7 @@ def train_rrhf(
         step_fn=step_fn,
         evaluate=evaluate,
     )
-    history.loss, history.steps, history.seed = "rrhf", steps, seed
+    history.loss = "rrhf"
     return history
 
 
