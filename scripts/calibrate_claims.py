@@ -2,7 +2,8 @@
 
     python scripts/calibrate_claims.py                      # seeds 0-4, every notebook -> notebooks/CLAIMS.md
     python scripts/calibrate_claims.py --seeds 0 1 2 3 4 5 6 7 --jobs 2
-    python scripts/calibrate_claims.py --notebooks notebooks/18_2_ipo.ipynb --out /tmp/claims.md
+    python scripts/calibrate_claims.py --notebooks notebooks/18_2_ipo.ipynb --seeds 0 1 2 3 4 5 6 7
+        # reruns one notebook: its section of notebooks/CLAIMS.md is replaced, the others' are kept
 
 Each notebook runs top to bottom in a fresh kernel (``nbconvert --execute`` into a temporary folder: the
 stored notebooks are not touched) with ``COURSE_SEED`` set, on the CPU. Every ``claim(...)`` it makes
@@ -119,6 +120,30 @@ def summarise(runs: dict[tuple[str, int], tuple[list[dict], str | None]], seeds:
     return "\n".join(lines)
 
 
+def merge_sections(report: str, previous: str) -> str:
+    """``report`` plus every notebook section of ``previous`` that ``report`` does not have, in NOTEBOOKS order."""
+
+    def sections(text: str) -> tuple[str, dict[str, str]]:
+        head, *parts = text.split("\n## ")
+        return head, {part.split("\n", 1)[0]: "## " + part.rstrip("\n") + "\n" for part in parts}
+
+    head, new = sections(report)
+    _, old = sections(previous)
+    order = [f"`{nb}`" for nb in NOTEBOOKS]
+    merged = {**old, **new}
+    names = sorted(merged, key=lambda name: order.index(name) if name in order else len(order))
+    return head.rstrip("\n") + "\n\n" + "\n".join(merged[name] for name in names)
+
+
+def previous_seeds(previous: str) -> list[int] | None:
+    """The seeds a report was generated over, read from its first paragraph (None if it names none)."""
+    marker = "over seeds "
+    if marker not in previous:
+        return None
+    listed = previous.split(marker, 1)[1].split(" (", 1)[0]
+    return [int(s) for s in listed.split(", ")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -149,7 +174,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{nb} seed {seed}: {len(records)} claims, {failed} failed, {status}", flush=True)
     runs = {key: runs[key] for key in jobs}
     report = summarise(runs, args.seeds)
-    args.out.write_text(report + "\n", encoding="utf-8")
+    if args.out.exists() and set(args.notebooks) != set(NOTEBOOKS):
+        previous = args.out.read_text(encoding="utf-8")
+        if previous_seeds(previous) not in (None, args.seeds):
+            print(
+                f"{args.out} was calibrated over seeds {previous_seeds(previous)}, not {args.seeds}: "
+                "rerun every notebook, or pass the same --seeds",
+                file=sys.stderr,
+            )
+            return 2
+        report = merge_sections(report, previous)
+    args.out.write_text(report.rstrip("\n") + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     failed = sum(not r["held"] for records, _ in runs.values() for r in records)
     errors = sum(error is not None for _, error in runs.values())
