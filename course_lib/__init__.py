@@ -20,6 +20,7 @@ from .maths.losses import (
     rrhf_scores,
 )
 from .maths.metrics import implicit_rewards, preference_metrics
+from .toyworld.psi_po import ipo_optimal_margins
 
 __all__ = [
     "IGNORE_INDEX",
@@ -29,6 +30,7 @@ __all__ = [
     "hinge_loss",
     "implicit_rewards",
     "ipo_loss",
+    "ipo_optimal_margins",
     "kl_estimators",
     "log_ratio_margin",
     "preference_metrics",

@@ -62,6 +62,34 @@ def preference_accuracy(
 
 @torch.no_grad()
 @runs_tiny_models_on_one_thread
+def pair_margins(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    tokenizer,
+    pairs: list[dict],
+    *,
+    length_normalize: bool = False,
+    ref_logps: dict[str, torch.Tensor] | None = None,
+    batch_size: int = 128,
+) -> torch.Tensor:
+    """The margin h of every pair, shape (N,): summed log-ratios, or each side's divided by its length.
+
+    With ``length_normalize`` this is the margin TRL's IPO sees (each side's summed log-ratio over its
+    completion length). ``ref_logps`` (from :func:`course_lib.loop.scoring.pair_logps`) saves the
+    reference's forward passes when the same pairs are measured again.
+    """
+    policy_logps = pair_logps(policy, tokenizer, pairs, batch_size=batch_size)
+    ref_logps = ref_logps if ref_logps is not None else pair_logps(reference, tokenizer, pairs, batch_size=batch_size)
+    chosen_ratio = policy_logps["chosen_logps"] - ref_logps["chosen_logps"]  # (N,)
+    rejected_ratio = policy_logps["rejected_logps"] - ref_logps["rejected_logps"]  # (N,)
+    if length_normalize:
+        chosen_ratio = chosen_ratio / ref_logps["chosen_lengths"].clamp(min=1)
+        rejected_ratio = rejected_ratio / ref_logps["rejected_lengths"].clamp(min=1)
+    return (chosen_ratio - rejected_ratio).cpu()
+
+
+@torch.no_grad()
+@runs_tiny_models_on_one_thread
 def sample_kl(
     policy: torch.nn.Module,
     reference: torch.nn.Module,
@@ -183,6 +211,8 @@ def make_evaluator(
     seed: int = 0,
     reward_fn=None,
     batch_size: int = 128,
+    margin_pairs: dict[str, list[dict]] | None = None,
+    length_normalize: bool = False,
 ) -> Callable[[torch.nn.Module, int, int], dict | None]:
     """The trainers' ``evaluate`` callback: :func:`evaluate_policy` at step 0, every ``every`` steps and at the end.
 
@@ -195,6 +225,9 @@ def make_evaluator(
         every: evaluate when ``step % every == 0`` (step 0 included) and after the last step.
         pairs, prompts, n_samples, seed, reward_fn, batch_size: as in :func:`evaluate_policy`
             (``with_samples`` is False). To match a trainer's own batching, pass its ``batch_size``.
+        margin_pairs: ``{name: pairs}``; each evaluation also stores ``margin/<name>``, the mean margin h
+            over those pairs (:func:`pair_margins`, ``length_normalize`` as the loss sees it), e.g. the
+            training pairs beside held-out ones, to see a policy memorise its sample.
 
     Example::
 
@@ -206,12 +239,17 @@ def make_evaluator(
         raise ValueError(f"every must be an int >= 1 (steps between evaluations), got {every!r}")
     if not pairs and not prompts:
         raise ValueError("make_evaluator needs held-out pairs (for the accuracy) or prompts (for the KL), got neither")
+    if margin_pairs is not None and (
+        not isinstance(margin_pairs, dict) or not all(isinstance(v, list) and v for v in margin_pairs.values())
+    ):
+        raise ValueError(f"margin_pairs must map names to non-empty lists of pairs, got {type(margin_pairs).__name__}")
+    ref_sides: dict[str, dict] = {}
 
     def evaluate(policy: torch.nn.Module, step: int, steps: int) -> dict | None:
         if step % every and step != steps:
             return None
         with borrowed(reference, model_device(policy)):
-            return evaluate_policy(
+            result = evaluate_policy(
                 policy,
                 reference,
                 tokenizer,
@@ -223,5 +261,19 @@ def make_evaluator(
                 with_samples=False,
                 batch_size=batch_size,
             )
+            for name, some_pairs in (margin_pairs or {}).items():
+                if name not in ref_sides:
+                    ref_sides[name] = pair_logps(reference, tokenizer, some_pairs, batch_size=batch_size)
+                margins = pair_margins(
+                    policy,
+                    reference,
+                    tokenizer,
+                    some_pairs,
+                    length_normalize=length_normalize,
+                    ref_logps=ref_sides[name],
+                    batch_size=batch_size,
+                )
+                result[f"margin/{name}"] = margins.double().mean().item()
+        return result
 
     return evaluate

@@ -2,5 +2,6 @@
 
 ``logprobs`` (token and sequence log-probs), ``losses`` (DPO, IPO, hinge, RRHF), ``metrics`` (TRL's
 implicit rewards and metric keys), ``kl`` (KL estimators, exact sequence KL), ``bandit`` (the IPO
-bandit's closed forms) and ``checks`` (the input validation they share).
+bandit's closed forms), ``ipo_optimum`` (win rates and IPO's Eq. 11 margins) and ``checks`` (the input
+validation they share).
 """
