@@ -388,6 +388,7 @@ def train_rrhf(
     lr: float = 1e-3,
     length_penalty: float = 1.0,
     sft_weight: float = 1.0,
+    rank_weight: float = 1.0,
     seed: int = 0,
     device: str | torch.device | None = None,
     tokenizer=None,
@@ -397,11 +398,14 @@ def train_rrhf(
     """Train ``policy`` in place with RRHF (Yuan et al. 2023, Eq. 5) on ranked candidate sets.
 
     Each step draws ``batch_size`` prompts, scores all their K candidates in one forward pass, and
-    minimises ``rrhf_loss`` (mean over prompts). RRHF needs no reference model: only an ``evaluate``
-    callback holds one, for the held-out KL and preference accuracy.
+    minimises ``rank_weight * L_rank + sft_weight * L_ft`` (mean over prompts; the paper's Eq. 5 has
+    both weights 1). RRHF needs no reference model: only an ``evaluate`` callback holds one, for the
+    held-out KL and preference accuracy.
 
     Args:
         rankings: dicts with "prompt", "responses" (K strings) and "rewards" (K floats).
+        rank_weight: the weight of L_rank; 0 trains on the best candidate alone (fine-tuning on the
+            best of K, the rejection-sampling fine-tuning that the RRHF paper compares with).
         evaluate: a callback, as in :func:`train_preference`.
 
     Returns:
@@ -413,6 +417,7 @@ def train_rrhf(
     batch_size = check_count("batch_size", batch_size)
     check_count("steps", steps)
     check_finite("lr", lr, minimum=0.0)
+    rank_weight = check_finite("rank_weight", rank_weight, minimum=0.0)
     k = len(rankings[0]["responses"])
     if any(len(r["responses"]) != k or len(r["rewards"]) != k for r in rankings):
         raise ValueError("every ranking must have the same number K of responses and rewards")
@@ -445,7 +450,7 @@ def train_rrhf(
                 "logps/best": (-sft).mean().item(),
                 "ranking_accuracy": (agree.sum() / ordered.sum().clamp(min=1)).item(),
             }
-        return (rank + sft_weight * sft).mean(), record
+        return (rank_weight * rank + sft_weight * sft).mean(), record
 
     history = _run(
         policy,
