@@ -470,6 +470,7 @@ def run_comparison(args: argparse.Namespace, *, results: dict | None = None, on_
             run = {
                 "loss": loss,
                 "beta": run_beta,
+                "eq11_margin": eq11_mean_margin(train_pairs, beta) if loss == "ipo" else None,
                 "length_normalize": length_normalize,
                 "steps": args.steps,
                 "seed": args.seed,
@@ -491,6 +492,16 @@ def run_comparison(args: argparse.Namespace, *, results: dict | None = None, on_
     return results
 
 
+def eq11_mean_margin(pairs: list[dict], beta: float) -> float | None:
+    """Mean of IPO's Eq. 11 optimum over ``pairs`` (:func:`course_lib.ipo_optimal_margins`), where IPO's margins go
+    on this data set rather than Eq. 17's per-pair 1/(2 beta); None when the pairs carry no true rewards."""
+    from .toyworld.psi_po import ipo_optimal_margins
+
+    if not all("chosen_reward" in p and "rejected_reward" in p for p in pairs):
+        return None
+    return ipo_optimal_margins(pairs, beta=beta).mean().item()
+
+
 @contextlib.contextmanager
 def _hf_progress_bars(shown: bool):
     """Hide transformers' own progress bars ("Loading weights") under ``--no-progress``; restore them after."""
@@ -508,7 +519,10 @@ def _hf_progress_bars(shown: bool):
 
 def format_table(results: dict) -> str:
     """The comparison as a fixed-width text table; interrupted and failed runs are marked."""
-    head = f"{'loss':<6} {'beta':>5} {'final loss':>10} {'pref acc':>8} {'KL':>14} {'true reward':>14} {'margin':>8}"
+    head = (
+        f"{'loss':<6} {'beta':>5} {'final loss':>10} {'pref acc':>8} {'KL':>14} {'true reward':>14} {'margin':>8}"
+        f" {'Eq. 11':>7}"
+    )
     lines = [head, "-" * len(head)]
     for run in results["runs"]:
         e = run["eval"]
@@ -519,7 +533,8 @@ def format_table(results: dict) -> str:
         kl = "-" if e["kl"] is None else f"{e['kl']:.3f}±{e['kl_stderr']:.3f}"
         reward = "-" if e["reward"] is None else f"{e['reward']:.3f}±{e['reward_stderr']:.3f}"
         margin = f"{last['margin']:.3f}" if "margin" in last else "-"
-        line = f"{run['loss']:<6} {beta:>5} {final:>10} {acc:>8} {kl:>14} {reward:>14} {margin:>8}"
+        eq11 = "-" if run.get("eq11_margin") is None else f"{run['eq11_margin']:.3f}"
+        line = f"{run['loss']:<6} {beta:>5} {final:>10} {acc:>8} {kl:>14} {reward:>14} {margin:>8} {eq11:>7}"
         if run.get("failed") or run.get("interrupted"):
             what = "failed" if run.get("failed") else "interrupted"
             at = f" ({what} after step {len(run['history'])}"

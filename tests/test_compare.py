@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from course_lib import ipo_optimal_margins
 from course_lib.compare import main
 from course_lib.toyworld.data import load_preferences
 
@@ -65,10 +66,11 @@ def test_prints_the_table(default_runs):
     stdout = default_runs[0]["stdout"]
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("loss"))
-    for column in ("beta", "final loss", "pref acc", "KL", "true reward", "margin"):
+    for column in ("beta", "final loss", "pref acc", "KL", "true reward", "margin", "Eq. 11"):
         assert column in lines[header]
-    rows = [line.split()[0] for line in lines[header + 2 : header + 5]]
-    assert rows == ["dpo", "ipo", "rrhf"]
+    rows = [line.split() for line in lines[header + 2 : header + 5]]
+    assert [row[0] for row in rows] == ["dpo", "ipo", "rrhf"]
+    assert [row[-1] == "-" for row in rows] == [True, False, True]  # the Eq. 11 optimum is IPO's alone
     assert "results.json" in stdout
 
 
@@ -80,6 +82,11 @@ def test_results_json_schema(default_runs):
         assert run["beta"] == (None if run["loss"] == "rrhf" else 0.5)
         assert run["length_normalize"] is (run["loss"] != "dpo")  # IPO and RRHF average log-probs
         assert run["steps"] == 2 and run["seed"] == 1
+        if run["loss"] == "ipo":  # Eq. 11's mean optimal margin over the 64 training pairs used, at beta = 0.5
+            expected = ipo_optimal_margins(load_preferences("train")[:64], beta=0.5).mean().item()
+            assert run["eq11_margin"] == pytest.approx(expected)
+        else:
+            assert run["eq11_margin"] is None
         assert [entry["step"] for entry in run["history"]] == [1, 2]
         for entry in run["history"]:
             assert isinstance(entry["loss"], float)
