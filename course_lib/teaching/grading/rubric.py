@@ -87,7 +87,8 @@ PARTS = (
         "optimum degenerate whatever beta is. Q2 (7): it depends on the accuracy: IPO reaches KLs no DPO run "
         "does, DPO accuracies IPO does not, and keeps paying KL on deterministic pairs. Q3 (7): DPO's beta "
         "scales the implicit reward / KL coefficient and does not bound the KL "
-        "on deterministic pairs; IPO's beta sets the target 1/(2 beta) in the units of the log-probs fed. Q4 (3): "
+        "on deterministic pairs; IPO's beta sets Eq. 17's per-pair target 1/(2 beta) in the units of the log-probs "
+        "fed (Eq. 11's optimal margins lie between -1/beta and 1/beta). Q4 (3): "
         "h = 0 at step 0 and the accuracy is strict.",
     ),
     Part("rrhf_loss", "bonus 7a `my_rrhf_loss`", 5, True, "`check_rrhf_loss` passes.", bonus=True),
