@@ -21,6 +21,8 @@ def test_frontier_one_marker_per_run():
     xs = sorted(x for line in lines if line.get_marker() == "o" for x in line.get_xdata())
     assert xs == [0.8, 1.0, 2.0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["RRHF", "DPO"]
+    log_ax = plot_reward_kl_frontier(points, log_kl=True)
+    assert log_ax.get_xscale() == "log" and log_ax.xaxis.get_major_formatter()(2.0, 0) == "2"
     plt.close("all")
 
 

@@ -6,17 +6,19 @@ Plotting only: every number comes from an evaluation dict or a tracker's records
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 PLACE_COLOURS = ("tab:green", "tab:olive", "tab:orange", "tab:red", "tab:purple", "tab:brown")
 
 
-def plot_reward_kl_frontier(points: list[dict], *, ax=None, title: str | None = None):
+def plot_reward_kl_frontier(points: list[dict], *, ax=None, title: str | None = None, log_kl: bool = False):
     """True reward against KL(policy || reference), one marker per run, error bars = standard errors.
 
     Args:
         points: dicts with ``method`` (runs of one method share a colour and a line), ``label`` (the
             setting, written beside the point), ``kl``, ``kl_stderr``, ``reward``, ``reward_stderr``.
             Within a method the points are joined in the order given.
+        log_kl: a log scale for the KL, with plain tick labels (0.5, 1, 2, ...).
     Returns:
         the axes.
     """
@@ -40,6 +42,10 @@ def plot_reward_kl_frontier(points: list[dict], *, ax=None, title: str | None = 
             if p.get("label"):
                 ax.annotate(p["label"], (p["kl"], p["reward"]), textcoords="offset points", xytext=(4, -9), fontsize=7)
     ax.set(xlabel="KL(policy || reference), nats", ylabel="true reward of samples")
+    if log_kl:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
