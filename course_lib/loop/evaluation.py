@@ -80,12 +80,17 @@ def pair_margins(
     """
     policy_logps = pair_logps(policy, tokenizer, pairs, batch_size=batch_size)
     ref_logps = ref_logps if ref_logps is not None else pair_logps(reference, tokenizer, pairs, batch_size=batch_size)
-    chosen_ratio = policy_logps["chosen_logps"] - ref_logps["chosen_logps"]  # (N,)
-    rejected_ratio = policy_logps["rejected_logps"] - ref_logps["rejected_logps"]  # (N,)
-    if length_normalize:
-        chosen_ratio = chosen_ratio / ref_logps["chosen_lengths"].clamp(min=1)
-        rejected_ratio = rejected_ratio / ref_logps["rejected_lengths"].clamp(min=1)
-    return (chosen_ratio - rejected_ratio).cpu()
+    chosen_lengths, rejected_lengths = (
+        (ref_logps["chosen_lengths"].clamp(min=1), ref_logps["rejected_lengths"].clamp(min=1))
+        if length_normalize
+        else (1, 1)
+    )  # (N,) each, or no division
+    return log_ratio_margin(
+        policy_logps["chosen_logps"] / chosen_lengths,
+        policy_logps["rejected_logps"] / rejected_lengths,
+        ref_logps["chosen_logps"] / chosen_lengths,
+        ref_logps["rejected_logps"] / rejected_lengths,
+    ).cpu()
 
 
 @torch.no_grad()
