@@ -7,7 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from course_lib.teaching.rrhf_plots import plot_candidate_gradients, plot_reward_kl_frontier  # noqa: E402
+from course_lib.teaching.plots import plot_reward_kl_frontier  # noqa: E402
+from course_lib.teaching.rrhf_plots import plot_candidate_gradients  # noqa: E402
 
 
 def test_frontier_one_marker_per_run():

@@ -2,7 +2,8 @@
 margins against Eq. 11, and the reward-against-KL frontier of a sweep.
 
 Plotting only: the curves come from :mod:`course_lib.maths` (``ipo_bandit_optimum``) and torch's own
-``logit``; the points from training histories and evaluations.
+``logit``; the points from training histories and evaluations. The frontier is drawn by the shared
+:func:`course_lib.teaching.plots.plot_reward_kl_frontier`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from ..maths.bandit import ipo_bandit_optimum
+from .plots import plot_reward_kl_frontier
 
 LOSS_COLOURS = {"dpo": "C0", "ipo": "C1"}
 
@@ -68,36 +70,18 @@ def plot_frontier(points: list[dict], *, reference_reward: float | None = None, 
     """True reward of samples against KL from the reference, one point per run of a sweep, with standard errors.
 
     ``points`` are :func:`course_lib.loop.sweep.train_sweep`'s dicts (``loss``, ``beta``, ``kl``, ``kl_stderr``,
-    ``reward``, ``reward_stderr``); each loss is one line, in order of beta, each point labelled with its beta."""
-    ax = ax or plt.subplots(figsize=(6, 3.8))[1]
+    ``reward``, ``reward_stderr``); each loss is one line (:func:`course_lib.teaching.plots.plot_reward_kl_frontier`),
+    in order of beta, each point labelled with its beta."""
+    runs = []
     for loss in dict.fromkeys(p["loss"] for p in points):
         mine = sorted((p for p in points if p["loss"] == loss), key=lambda p: p["beta"])
-        colour = LOSS_COLOURS.get(loss)
-        ax.errorbar(
-            [p["kl"] for p in mine],
-            [p["reward"] for p in mine],
-            xerr=[p["kl_stderr"] for p in mine],
-            yerr=[p["reward_stderr"] for p in mine],
-            marker="o",
-            capsize=2,
-            color=colour,
-            label=f"{loss.upper()} ({'tau' if loss == 'ipo' else 'beta'} = "
-            + ", ".join(f"{p['beta']:g}" for p in mine)
-            + ")",
-        )
-        for p in mine:
-            ax.annotate(
-                f"{p['beta']:g}", (p["kl"], p["reward"]), textcoords="offset points", xytext=(4, -10), fontsize=7
-            )
+        values = ", ".join(f"{p['beta']:g}" for p in mine)
+        name = f"{loss.upper()} ({'tau' if loss == 'ipo' else 'beta'} = {values})"
+        runs += [{**p, "method": name, "label": f"{p['beta']:g}"} for p in mine]
+    ax = plot_reward_kl_frontier(runs, ax=ax, title="reward against KL, one point per run")
     if reference_reward is not None:
         ax.axhline(reference_reward, color="gray", ls=":", lw=1)
         ax.annotate(
             "reference", (0, reference_reward), textcoords="offset points", xytext=(4, 4), fontsize=8, color="gray"
         )
-    ax.set(
-        xlabel="KL(policy || reference), nats",
-        ylabel="true reward of samples",
-        title="reward against KL, one point per run",
-    )
-    ax.legend(fontsize=8)
     return ax

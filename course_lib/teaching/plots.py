@@ -1,4 +1,5 @@
-"""Plots of training runs: margins, KL and reward over steps, and reward against KL.
+"""Plots of training runs: margins, KL and reward over steps, and reward against KL (per evaluation, or one
+point per run of a sweep: the frontier).
 
 Plotting only: every number comes from a training history or an evaluation dict.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 
 def _legend(ax) -> None:
@@ -70,6 +72,47 @@ def plot_reward_vs_kl(runs: list[dict], *, ax=None):
     ax.set_xlabel("KL(policy || reference), nats")
     ax.set_ylabel("true reward of samples")
     _legend(ax)
+    return ax
+
+
+def plot_reward_kl_frontier(points: list[dict], *, ax=None, title: str | None = None, log_kl: bool = False):
+    """True reward against KL(policy || reference), one marker per run, error bars = standard errors.
+
+    Args:
+        points: dicts with ``method`` (runs of one method share a colour and a line), ``label`` (the
+            setting, written beside the point), ``kl``, ``kl_stderr``, ``reward``, ``reward_stderr``.
+            Within a method the points are joined in the order given.
+        log_kl: a log scale for the KL, with plain tick labels (0.5, 1, 2, ...).
+    Returns:
+        the axes.
+    """
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    for colour, method in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3, methods):
+        runs = [p for p in points if p["method"] == method]
+        ax.errorbar(
+            [p["kl"] for p in runs],
+            [p["reward"] for p in runs],
+            xerr=[p["kl_stderr"] for p in runs],
+            yerr=[p["reward_stderr"] for p in runs],
+            marker="o",
+            ms=4,
+            capsize=2,
+            lw=1,
+            color=colour,
+            label=method,
+        )
+        for p in runs:
+            if p.get("label"):
+                ax.annotate(p["label"], (p["kl"], p["reward"]), textcoords="offset points", xytext=(4, -9), fontsize=7)
+    ax.set(xlabel="KL(policy || reference), nats", ylabel="true reward of samples")
+    if log_kl:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
     return ax
 
 

@@ -1,55 +1,14 @@
-"""Plots of notebook 18.1 (RRHF): true reward against KL, one point per run, and the gradient each candidate gets.
+"""Plots of notebook 18.1 (RRHF): the gradient each candidate gets over training.
 
-Plotting only: every number comes from an evaluation dict or a tracker's records.
+Plotting only: every number comes from a tracker's records. The reward-KL frontier is
+:func:`course_lib.teaching.plots.plot_reward_kl_frontier`, shared with 18.2.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter, NullFormatter
 
 PLACE_COLOURS = ("tab:green", "tab:olive", "tab:orange", "tab:red", "tab:purple", "tab:brown")
-
-
-def plot_reward_kl_frontier(points: list[dict], *, ax=None, title: str | None = None, log_kl: bool = False):
-    """True reward against KL(policy || reference), one marker per run, error bars = standard errors.
-
-    Args:
-        points: dicts with ``method`` (runs of one method share a colour and a line), ``label`` (the
-            setting, written beside the point), ``kl``, ``kl_stderr``, ``reward``, ``reward_stderr``.
-            Within a method the points are joined in the order given.
-        log_kl: a log scale for the KL, with plain tick labels (0.5, 1, 2, ...).
-    Returns:
-        the axes.
-    """
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    methods = list(dict.fromkeys(p["method"] for p in points))
-    for colour, method in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3, methods):
-        runs = [p for p in points if p["method"] == method]
-        ax.errorbar(
-            [p["kl"] for p in runs],
-            [p["reward"] for p in runs],
-            xerr=[p["kl_stderr"] for p in runs],
-            yerr=[p["reward_stderr"] for p in runs],
-            marker="o",
-            ms=4,
-            capsize=2,
-            lw=1,
-            color=colour,
-            label=method,
-        )
-        for p in runs:
-            if p.get("label"):
-                ax.annotate(p["label"], (p["kl"], p["reward"]), textcoords="offset points", xytext=(4, -9), fontsize=7)
-    ax.set(xlabel="KL(policy || reference), nats", ylabel="true reward of samples")
-    if log_kl:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
-    return ax
 
 
 def plot_candidate_gradients(records: list[dict], *, axes=None, place_names: list[str] | None = None):
