@@ -84,7 +84,7 @@ def test_callable_loss_and_non_uniform_reference():
     ref = [0.5, 0.3, 0.2]
 
     def my_margin_dpo(pc, pr, rc, rr, *, beta):
-        return dpo_loss(pc, pr, rc, rr, beta=beta, margin=0.5)
+        return dpo_loss(pc, pr, rc, rr, beta=beta, offset=0.5)
 
     ours = train_bandit(D1, loss=my_margin_dpo, beta=0.5, steps=80, ref_probs=ref, seed=2)
     theirs = naive_train(list(D1), loss=my_margin_dpo, beta=0.5, steps=80, ref_probs=ref, seed=2)

@@ -164,7 +164,7 @@ def test_dpo_loss_unchanged_on_ordinary_margins():
     for eps in (0.0, 0.2):
         z = 0.5 * h - 0.3
         expected = -(1 - eps) * torch.nn.functional.logsigmoid(z) - eps * torch.nn.functional.logsigmoid(-z)
-        got = dpo_loss(h, zeros, zeros, zeros, beta=0.5, label_smoothing=eps, margin=0.3)
+        got = dpo_loss(h, zeros, zeros, zeros, beta=0.5, label_smoothing=eps, offset=0.3)
         torch.testing.assert_close(got, expected)
 
 
@@ -195,9 +195,9 @@ def _four(b=3):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_dpo_margin_must_be_finite(value):
-    with pytest.raises(ValueError, match="margin"):
-        dpo_loss(*_four(), beta=0.1, margin=value)
+def test_dpo_offset_must_be_finite(value):
+    with pytest.raises(ValueError, match="offset"):
+        dpo_loss(*_four(), beta=0.1, offset=value)
 
 
 @pytest.mark.parametrize("name", ["length_penalty", "sft_weight"])

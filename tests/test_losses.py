@@ -27,7 +27,7 @@ NAMES = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "re
 PAIRWISE = {
     "dpo": lambda *t, beta: dpo_loss(*t, beta=beta),
     "cdpo": lambda *t, beta: dpo_loss(*t, beta=beta, label_smoothing=0.2),
-    "margin_dpo": lambda *t, beta: dpo_loss(*t, beta=beta, margin=0.5),
+    "margin_dpo": lambda *t, beta: dpo_loss(*t, beta=beta, offset=0.5),
     "ipo": lambda *t, beta: ipo_loss(*t, beta=beta),
     "hinge": lambda *t, beta: hinge_loss(*t, beta=beta),
 }
@@ -118,9 +118,9 @@ def test_margin_dpo_formula(generator, m, beta):
     """Offset DPO: -log sigmoid(beta h - m); it reads log 2 where beta h = m."""
     pc, pr, rc, rr = four_logps(generator)
     h = (pc - rc) - (pr - rr)
-    torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, beta=beta, margin=m), -F.logsigmoid(beta * h - m))
+    torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, beta=beta, offset=m), -F.logsigmoid(beta * h - m))
     torch.testing.assert_close(
-        dpo_loss(*with_margin([m / beta]), beta=beta, margin=m), torch.tensor([math.log(2)], dtype=torch.float64)
+        dpo_loss(*with_margin([m / beta]), beta=beta, offset=m), torch.tensor([math.log(2)], dtype=torch.float64)
     )
 
 

@@ -31,6 +31,7 @@ from ..maths.logprobs import IGNORE_INDEX
 from ..maths.losses import (
     PairwiseLoss,
     log_ratio_margin,
+    loss_spec,
     resolve_loss,
     reward_order_mask,
     rrhf_loss_terms,
@@ -108,7 +109,7 @@ def _nonfinite_gradients(named_params: list[tuple[str, torch.nn.Parameter]]) -> 
 def default_length_normalize(loss: str | PairwiseLoss) -> bool:
     """Whether ``loss`` sees averaged log-probs when the caller does not say: True for "ipo" (TRL's
     ``loss_type="ipo"``, confirmed by the IPO authors), False for "dpo", "hinge" and any callable."""
-    return loss == "ipo"
+    return loss_spec(loss).average_logps
 
 
 def _resolve_tokenizer_and_device(tokenizer, device):

@@ -1,4 +1,8 @@
-"""Pairwise preference losses (DPO, cDPO, margin-DPO, IPO, hinge) and the RRHF ranking loss.
+"""Pairwise preference losses (DPO, cDPO, offset DPO, IPO, hinge) and the RRHF ranking loss.
+
+Each pairwise loss is declared once, in :data:`PAIRWISE_LOSSES`: its function, whether it sees
+length-averaged log-probs by default, and whether it needs a reference model. The trainer, the CLIs,
+the checkers, the grader and the widgets read that declaration; no other module names a loss.
 
 All pairwise losses take four (B,) tensors of *sequence* log-probabilities of the response tokens and
 return one loss per pair, shape (B,): the caller takes the mean. Whether those log-probs are summed
@@ -10,6 +14,7 @@ log-ratios ("h" in the IPO paper, Azar et al. 2023).
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +46,13 @@ def dpo_loss(
     *,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
-    margin: float = 0.0,
+    offset: float = 0.0,
 ) -> torch.Tensor:
-    """DPO: ``-(1-eps) * logsigmoid(z) - eps * logsigmoid(-z)`` with ``z = beta * h - margin``.
+    """DPO: ``-(1-eps) * logsigmoid(z) - eps * logsigmoid(-z)`` with ``z = beta * h - offset``.
 
-    Rafailov et al. 2023 (arXiv:2305.18290), Eq. 7 when ``label_smoothing = margin = 0``.
+    Rafailov et al. 2023 (arXiv:2305.18290), Eq. 7 when ``label_smoothing = offset = 0``.
     ``label_smoothing = eps`` is conservative DPO (cDPO, Mitchell's note: labels flipped with rate eps).
-    ``margin = m`` is the offset variant (Llama 2's reward-model margin; ODPO).
+    ``offset = m`` is the offset variant (Llama 2's reward-model margin; ODPO).
     Computed as ``softplus(-z) = -logsigmoid(z)``, which stays finite where ``-log(sigmoid(z))``
     overflows (z < -88 in fp32).
     Summed log-probs are the paper's and TRL's ``loss_type="sigmoid"`` convention.
@@ -56,7 +61,7 @@ def dpo_loss(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: (B,).
         beta: > 0, the KL coefficient; the implicit reward is ``beta * log-ratio``.
         label_smoothing: eps in [0, 0.5).
-        margin: m, a constant offset subtracted from ``beta * h``.
+        offset: m, a constant subtracted from ``beta * h``.
 
     Returns:
         (B,) per-pair losses.
@@ -65,9 +70,9 @@ def dpo_loss(
     check_finite("label_smoothing", label_smoothing)
     if not 0.0 <= float(label_smoothing) < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
-    margin = check_finite("margin", margin)
+    offset = check_finite("offset", offset)
     h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    z = beta * h - margin  # (B,)
+    z = beta * h - offset  # (B,)
     # -logsigmoid(z) == softplus(-z): the same stable function, and cheaper on small CPU tensors
     loss = F.softplus(-z)
     eps = float(label_smoothing)
@@ -130,18 +135,54 @@ def hinge_loss(
 
 #: A pairwise loss: four (B,) log-prob tensors and ``beta`` (keyword) -> (B,) losses.
 PairwiseLoss = Callable[..., torch.Tensor]
-PAIRWISE_LOSSES: dict[str, PairwiseLoss] = {"dpo": dpo_loss, "ipo": ipo_loss, "hinge": hinge_loss}
 
 
-def resolve_loss(loss: str | PairwiseLoss) -> PairwiseLoss:
-    """A pairwise loss by name ("dpo", "ipo", "hinge": :data:`PAIRWISE_LOSSES`), or ``loss`` itself when it
-    is a callable with the library losses' signature ``fn(policy_chosen_logps, policy_rejected_logps,
-    ref_chosen_logps, ref_rejected_logps, *, beta) -> (B,)``. Raises ValueError for anything else."""
-    if callable(loss):
+@dataclass(frozen=True)
+class LossSpec:
+    """Everything the library needs to know about one pairwise loss (one entry of :data:`PAIRWISE_LOSSES`).
+
+    ``fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *, beta)`` -> (B,);
+    ``average_logps``: whether it sees length-averaged log-probs unless the caller says otherwise;
+    ``needs_reference``: False for a reference-free loss, which is given ``None`` for the two reference
+    tensors (the trainer then runs no reference forward pass). Calling a spec calls its function.
+    """
+
+    name: str
+    fn: PairwiseLoss
+    average_logps: bool = False
+    needs_reference: bool = True
+
+    def __call__(self, *logps: torch.Tensor, **hyperparameters) -> torch.Tensor:
+        return self.fn(*logps, **hyperparameters)
+
+
+#: The one declaration of each pairwise loss. Adding a loss is one entry here, plus its test.
+PAIRWISE_LOSSES: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        LossSpec("dpo", dpo_loss),  # summed log-probs: the DPO paper, TRL's loss_type="sigmoid"
+        LossSpec("ipo", ipo_loss, average_logps=True),  # averaged: TRL's loss_type="ipo", confirmed by the authors
+        LossSpec("hinge", hinge_loss),  # summed, as TRL's loss_type="hinge"
+    )
+}
+
+
+def loss_spec(loss: str | PairwiseLoss | LossSpec) -> LossSpec:
+    """The :class:`LossSpec` of ``loss``: a name in :data:`PAIRWISE_LOSSES`, a spec, or a callable with the
+    library losses' signature (taken as a loss on summed log-probs that needs a reference).
+    Raises ValueError naming the choices for anything else."""
+    if isinstance(loss, LossSpec):
         return loss
     if isinstance(loss, str) and loss in PAIRWISE_LOSSES:
         return PAIRWISE_LOSSES[loss]
+    if callable(loss) and not isinstance(loss, str):
+        return LossSpec(getattr(loss, "__name__", "custom"), loss)
     raise ValueError(f"loss must be one of {sorted(PAIRWISE_LOSSES)} or a callable, got {loss!r}")
+
+
+def resolve_loss(loss: str | PairwiseLoss | LossSpec) -> PairwiseLoss:
+    """The function of ``loss`` (see :func:`loss_spec`)."""
+    return loss_spec(loss).fn
 
 
 def _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards) -> None:

@@ -42,7 +42,7 @@ def _pairwise_losses(h: torch.Tensor, *, beta: float, margin: float, label_smoot
         "DPO": dpo_loss(*args, beta=beta),
         "IPO": ipo_loss(*args, beta=beta),
         "hinge": hinge_loss(*args, beta=beta),
-        "margin DPO": dpo_loss(*args, beta=beta, margin=margin),
+        "margin DPO": dpo_loss(*args, beta=beta, offset=margin),
         "cDPO": dpo_loss(*args, beta=beta, label_smoothing=label_smoothing),
     }
 
