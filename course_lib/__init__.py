@@ -20,7 +20,7 @@ from .maths.losses import (
     rrhf_scores,
 )
 from .maths.metrics import implicit_rewards, preference_metrics
-from .toyworld.psi_po import ipo_optimal_margins
+from .toyworld.ipo_optimum_pairs import ipo_optimal_margins
 
 __all__ = [
     "IGNORE_INDEX",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from course_lib import ipo_optimal_margins
-from course_lib.maths.ipo_optimum import optimal_ipo_margins, win_rates
+from course_lib.maths.ipo_optimum import eq11_margins_from_win_rates, win_rates
 from course_lib.toyworld.data import load_preferences
 
 
@@ -108,11 +108,11 @@ def test_errors_name_the_argument():
 
 
 def test_maths_errors():
-    with pytest.raises(TypeError, match="groups must hold integer prompt ids"):
+    with pytest.raises(TypeError, match="groups must hold integers"):
         win_rates(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="same shape"):
         win_rates(torch.zeros(2), torch.zeros(3, dtype=torch.long), torch.zeros(2), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="prompt id 5"):
         win_rates(torch.zeros(1), torch.tensor([5]), torch.zeros(1), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
-        optimal_ipo_margins(torch.tensor([1.5]), torch.tensor([0.0]), beta=1.0)
+        eq11_margins_from_win_rates(torch.tensor([1.5]), torch.tensor([0.0]), beta=1.0)

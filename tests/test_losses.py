@@ -556,7 +556,7 @@ def test_shape_mismatch_raises_naming_the_argument(fn, bad):
 def test_non_1d_raises_naming_the_argument(fn, bad, shape):
     tensors = [torch.zeros(3) for _ in range(4)]
     tensors[bad] = torch.zeros(shape)
-    with pytest.raises(ValueError, match=rf"{NAMES[bad]} must be 1-D"):
+    with pytest.raises(ValueError, match=rf"{NAMES[bad]} must have shape \(B,\)"):
         call(fn, *tensors)
 
 
@@ -613,7 +613,7 @@ def test_rrhf_lengths_must_be_positive(fn, bad_length):
 def test_rrhf_shapes_must_agree(bad):
     inputs = list(rrhf_inputs())
     inputs[bad] = inputs[bad][:, :3]
-    with pytest.raises(ValueError, match="must share shape"):
+    with pytest.raises(ValueError, match="must have the same shape"):
         rrhf_loss(*inputs)
 
 

@@ -179,7 +179,7 @@ def test_official_labels_shift_the_course_labels():
     ],
 )
 def test_bad_settings_are_named(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((TypeError, ValueError), match=match):
         official_as_paper_settings(**kwargs)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .checks import check_positive
+from .checks import check_int, check_positive
 
 
 def check_preferences(preferences, n_actions: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -18,21 +18,18 @@ def check_preferences(preferences, n_actions: int | None = None) -> tuple[torch.
 
     Returns (winners (P,), losers (P,), n_actions)."""
     try:
-        raw = [(w, l) for w, l in preferences]
-        numbers = [(float(w), float(l)) for w, l in raw]
+        pairs = [(winner, loser) for winner, loser in preferences]
     except (TypeError, ValueError):
         raise TypeError(
             f"preferences must be a list of (winner, loser) action-index pairs, got {preferences!r}"
         ) from None
-    for (w, l), (fw, fl) in zip(raw, numbers):
-        if isinstance(w, bool) or isinstance(l, bool) or not (fw.is_integer() and fl.is_integer()):
-            raise ValueError(f"preferences must hold whole action indices, got ({w!r}, {l!r})")
-    pairs = [(int(w), int(l)) for w, l in numbers]
     if not pairs:
         raise ValueError("preferences must hold at least one (winner, loser) pair, got an empty list")
+    pairs = [
+        (check_int(f"preferences[{i}][0]", w, minimum=0), check_int(f"preferences[{i}][1]", l, minimum=0))
+        for i, (w, l) in enumerate(pairs)
+    ]
     for w, l in pairs:
-        if w < 0 or l < 0:
-            raise ValueError(f"preferences must hold non-negative action indices, got ({w}, {l})")
         if w == l:
             raise ValueError(f"preferences: a pair must compare two different actions, got ({w}, {l})")
     highest = max(max(p) for p in pairs)
@@ -40,9 +37,7 @@ def check_preferences(preferences, n_actions: int | None = None) -> tuple[torch.
         n_actions = highest + 1
     elif highest >= n_actions:
         raise ValueError(f"preferences use action {highest}, but ref_probs has only {n_actions} actions")
-    winners = torch.tensor([w for w, _ in pairs])
-    losers = torch.tensor([l for _, l in pairs])
-    return winners, losers, n_actions
+    return torch.tensor([w for w, _ in pairs]), torch.tensor([l for _, l in pairs]), n_actions
 
 
 def bandit_ref_logps(ref_probs, n_actions: int | None) -> tuple[torch.Tensor, int]:
@@ -110,29 +105,18 @@ def ipo_bandit_optimum(preferences: Sequence[tuple[int, int]], *, beta: float, r
         ValueError: if the comparison graph does not connect all n actions; then the optimum is not
             unique (e.g. the paper's {(a,b), (b,a)} says nothing about c).
     """
-    check_positive("beta", beta)
+    beta = check_positive("beta", beta)
     ref_n = None if ref_probs is None else torch.as_tensor(ref_probs).numel()
     winners, losers, n_actions = check_preferences(preferences, ref_n)
     ref_logps, n_actions = bandit_ref_logps(ref_probs, n_actions)
-    # connectivity of the comparison graph (union-find over the n actions)
-    parent = list(range(n_actions))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for w, l in zip(winners.tolist(), losers.tolist()):
-        parent[find(w)] = find(l)
-    if len({find(a) for a in range(n_actions)}) > 1:
+    incidence = torch.zeros(len(winners), n_actions, dtype=torch.float64)  # (P, n): one row e_w - e_l per pair
+    incidence[torch.arange(len(winners)), winners] = 1.0
+    incidence[torch.arange(len(winners)), losers] = -1.0
+    if torch.linalg.matrix_rank(incidence) < n_actions - 1:  # rank n - (number of connected components)
         raise ValueError(
             "preferences must connect all actions for IPO's optimum to be unique; "
             f"got {list(zip(winners.tolist(), losers.tolist()))} over {n_actions} actions"
         )
-    incidence = torch.zeros(len(winners), n_actions, dtype=torch.float64)  # (P, n)
-    incidence[torch.arange(len(winners)), winners] = 1.0
-    incidence[torch.arange(len(winners)), losers] = -1.0
     target = torch.full((len(winners), 1), 1.0 / (2.0 * beta), dtype=torch.float64)  # (P, 1)
     u = (torch.linalg.pinv(incidence) @ target).squeeze(1)  # (n,) minimum-norm least squares
     return (ref_logps.double() + u).softmax(-1).float()

@@ -15,24 +15,13 @@ length-averaged log-ratios alike; the KL-regularised optimum pi* of Eqs. 7-9 is 
 
 import torch
 
-from .checks import check_positive
+from .checks import check_positive, check_same_shape, check_tensor
 
 
 def _check_rewards_and_groups(rewards_name: str, rewards, groups_name: str, groups) -> None:
-    for name, value in ((rewards_name, rewards), (groups_name, groups)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-        if value.dim() != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {tuple(value.shape)}")
-    if not rewards.is_floating_point():
-        raise TypeError(f"{rewards_name} must hold floating-point rewards, got dtype {rewards.dtype}")
-    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
-        raise TypeError(f"{groups_name} must hold integer prompt ids, got dtype {groups.dtype}")
-    if rewards.shape != groups.shape:
-        raise ValueError(
-            f"{rewards_name} and {groups_name} must have the same shape, got {tuple(rewards.shape)} and "
-            f"{tuple(groups.shape)}"
-        )
+    check_tensor(rewards_name, rewards, "(N,)")
+    check_tensor(groups_name, groups, "(N,)", "int")
+    check_same_shape(**{rewards_name: rewards, groups_name: groups})
     if not torch.isfinite(rewards).all():
         raise ValueError(f"{rewards_name} must be finite")
 
@@ -68,21 +57,14 @@ def win_rates(
     return (wins * same_prompt).sum(1) / counts
 
 
-def optimal_ipo_margins(
+def eq11_margins_from_win_rates(
     chosen_win_rates: torch.Tensor, rejected_win_rates: torch.Tensor, *, beta: float
 ) -> torch.Tensor:
     """Eq. 11: h*(y_w, y_l) = (p*(y_w > mu) - p*(y_l > mu)) / tau, with tau = ``beta``. (N,), (N,) -> (N,)."""
     beta = check_positive("beta", beta)
     for name, value in (("chosen_win_rates", chosen_win_rates), ("rejected_win_rates", rejected_win_rates)):
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point torch.Tensor of win rates")
-        if value.dim() != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {tuple(value.shape)}")
+        check_tensor(name, value, "(N,)")
         if ((value < 0) | (value > 1)).any():
             raise ValueError(f"{name} must lie in [0, 1]: they are probabilities")
-    if chosen_win_rates.shape != rejected_win_rates.shape:
-        raise ValueError(
-            f"chosen_win_rates and rejected_win_rates must have the same shape, got "
-            f"{tuple(chosen_win_rates.shape)} and {tuple(rejected_win_rates.shape)}"
-        )
+    check_same_shape(chosen_win_rates=chosen_win_rates, rejected_win_rates=rejected_win_rates)
     return (chosen_win_rates - rejected_win_rates) / beta

@@ -6,7 +6,7 @@ policy*, not the preference data.
 
 import torch
 
-from .checks import check_logps, check_same_device
+from .checks import check_logits_and_labels, check_logps
 from .logprobs import IGNORE_INDEX
 
 
@@ -47,30 +47,7 @@ def sequence_kl(
     Returns:
         (B,) KL per sequence, in fp32.
     """
-    for name, value in (("policy_logits", policy_logits), ("ref_logits", ref_logits)):
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():  # a wrong type: TypeError
-            raise TypeError(
-                f"{name} must be a floating-point tensor of shape (B, T, V), got "
-                f"{getattr(value, 'dtype', type(value).__name__)}"
-            )
-        if value.dim() != 3:  # a wrong shape: ValueError, as in course_lib.maths.logprobs
-            raise ValueError(f"{name} must have shape (B, T, V), got {tuple(value.shape)}")
-    if (
-        not isinstance(labels, torch.Tensor)
-        or labels.is_floating_point()
-        or labels.is_complex()
-        or labels.dtype == torch.bool
-    ):
-        raise TypeError(
-            f"labels must be an integer tensor of token ids, got {getattr(labels, 'dtype', type(labels).__name__)}"
-        )
-    if policy_logits.shape != ref_logits.shape:
-        raise ValueError(
-            f"policy_logits {tuple(policy_logits.shape)} and ref_logits {tuple(ref_logits.shape)} must match"
-        )
-    if tuple(labels.shape) != tuple(policy_logits.shape[:2]):
-        raise ValueError(f"labels {tuple(labels.shape)} must be (B, T) = {tuple(policy_logits.shape[:2])}")
-    check_same_device(policy_logits=policy_logits, ref_logits=ref_logits, labels=labels)
+    check_logits_and_labels(labels, policy_logits=policy_logits, ref_logits=ref_logits)
     scored = labels[:, 1:] != ignore_index  # (B, T-1)
     # at most 8 chunks of rows, so no full (B, T, V) fp32 copy is held at once
     chunk_size = -(-policy_logits.shape[0] // 8)

@@ -7,6 +7,8 @@ and padding) are not scored.
 
 import torch
 
+from .checks import check_logits_and_labels
+
 IGNORE_INDEX = -100
 
 
@@ -37,27 +39,9 @@ class _ScoredLogSumExp(torch.autograd.Function):
         return grad_logits, None
 
 
-def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> None:
-    if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise TypeError("logits and labels must be torch.Tensors")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
-    if logits.dim() != 3:
-        raise ValueError(f"logits must have shape (B, T, V), got {tuple(logits.shape)}")
-    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"labels must be an integer tensor of token ids, got dtype {labels.dtype}")
-    if tuple(labels.shape) != tuple(logits.shape[:2]):
-        raise ValueError(
-            f"labels must have shape (B, T) = {tuple(logits.shape[:2])} to match logits "
-            f"{tuple(logits.shape)}, got {tuple(labels.shape)}"
-        )
-    if logits.device != labels.device:
-        raise ValueError(
-            f"logits (on {logits.device}) and labels (on {labels.device}) must be on one device; "
-            "move them with .to(device)"
-        )
+def _check_label_ids(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
+    """Every scored label is a token id in [0, vocab_size)."""
     scored = labels[:, 1:][labels[:, 1:] != ignore_index]
-    vocab_size = logits.shape[-1]
     if scored.numel() and (int(scored.min()) < 0 or int(scored.max()) >= vocab_size):
         bad = scored[(scored < 0) | (scored >= vocab_size)][0].item()
         raise ValueError(
@@ -83,7 +67,8 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int
         (B, T-1) in the logits' dtype; entry [b, t] scores ``labels[b, t+1]``, and is 0 where that
         label is ``ignore_index``.
     """
-    _check_logits_labels(logits, labels, ignore_index)
+    check_logits_and_labels(labels, logits=logits)
+    _check_label_ids(labels, logits.shape[-1], ignore_index)
     next_logits = logits[:, :-1, :]  # (B, T-1, V), a view
     next_labels = labels[:, 1:]  # (B, T-1)
     scored = next_labels != ignore_index  # (B, T-1)

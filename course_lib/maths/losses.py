@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_finite, check_logps, check_positive, check_same_device
+from .checks import check_candidates, check_finite, check_logps, check_positive
 
 
 def log_ratio_margin(
@@ -67,15 +67,14 @@ def dpo_loss(
         (B,) per-pair losses.
     """
     beta = check_positive("beta", beta)
-    check_finite("label_smoothing", label_smoothing)
-    if not 0.0 <= float(label_smoothing) < 0.5:
+    eps = check_finite("label_smoothing", label_smoothing)
+    if not 0.0 <= eps < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
     offset = check_finite("offset", offset)
     h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     z = beta * h - offset  # (B,)
     # -logsigmoid(z) == softplus(-z): the same stable function, and cheaper on small CPU tensors
     loss = F.softplus(-z)
-    eps = float(label_smoothing)
     if eps == 0.0:  # no smoothing term at all: 0 * softplus(z) is NaN once beta * h overflows to inf
         return loss
     return (1.0 - eps) * loss + eps * F.softplus(z)
@@ -185,65 +184,12 @@ def resolve_loss(loss: str | PairwiseLoss | LossSpec) -> PairwiseLoss:
     return loss_spec(loss).fn
 
 
-def _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards) -> None:
-    for name, value in (
-        ("candidate_logps", candidate_logps),
-        ("candidate_lengths", candidate_lengths),
-        ("candidate_rewards", candidate_rewards),
-    ):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, K), got {type(value).__name__}")
-        if value.dim() != 2:
-            raise ValueError(f"{name} must have shape (B, K), got {tuple(value.shape)}")
-    if not candidate_logps.is_floating_point():
-        raise TypeError(f"candidate_logps must be floating point, got dtype {candidate_logps.dtype}")
-    shapes = {tuple(t.shape) for t in (candidate_logps, candidate_lengths, candidate_rewards)}
-    if len(shapes) != 1:
-        raise ValueError(
-            "candidate_logps, candidate_lengths and candidate_rewards must share shape (B, K), got "
-            f"{tuple(candidate_logps.shape)}, {tuple(candidate_lengths.shape)}, {tuple(candidate_rewards.shape)}"
-        )
-    if candidate_logps.shape[1] < 2:
-        raise ValueError(f"RRHF ranks K >= 2 candidates per prompt, got K = {candidate_logps.shape[1]}")
-    check_same_device(
-        candidate_logps=candidate_logps, candidate_lengths=candidate_lengths, candidate_rewards=candidate_rewards
-    )
-    if candidate_rewards.is_floating_point() and bool(candidate_rewards.isnan().any()):
-        rows = torch.nonzero(candidate_rewards.isnan().any(dim=1)).flatten().tolist()
-        raise ValueError(
-            f"candidate_rewards hold NaN (prompts {rows}): a NaN reward has no rank, and argmax would make it "
-            "the best candidate"
-        )
-    _check_lengths(candidate_lengths)
-
-
-def _check_lengths(candidate_lengths: torch.Tensor) -> None:
-    """Every length is a finite number > 0 (NaN fails ``> 0`` too)."""
-    bad = ~(candidate_lengths > 0)
-    if candidate_lengths.is_floating_point():
-        bad |= ~candidate_lengths.isfinite()
-    if bool(bad.any()):
-        value = candidate_lengths[bad][0].item()
-        raise ValueError(f"candidate_lengths must all be finite and > 0 (numbers of response tokens), got {value}")
-
-
 def rrhf_scores(
     candidate_logps: torch.Tensor, candidate_lengths: torch.Tensor, *, length_penalty: float = 1.0
 ) -> torch.Tensor:
     """RRHF score ``p_i = logp_i / |y_i| ** length_penalty`` (Yuan et al. 2023, Eq. 1). (B, K) -> (B, K)."""
-    for name, value in (("candidate_logps", candidate_logps), ("candidate_lengths", candidate_lengths)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, K), got {type(value).__name__}")
-    if not candidate_logps.is_floating_point():
-        raise TypeError(f"candidate_logps must be floating point, got dtype {candidate_logps.dtype}")
-    if candidate_lengths.shape != candidate_logps.shape:
-        raise ValueError(
-            f"candidate_lengths {tuple(candidate_lengths.shape)} must have the shape of candidate_logps "
-            f"{tuple(candidate_logps.shape)}"
-        )
-    check_same_device(candidate_logps=candidate_logps, candidate_lengths=candidate_lengths)
+    check_candidates(candidate_logps, candidate_lengths)
     length_penalty = check_finite("length_penalty", length_penalty)
-    _check_lengths(candidate_lengths)
     return candidate_logps / candidate_lengths.to(candidate_logps.dtype) ** length_penalty
 
 
@@ -269,8 +215,9 @@ def rrhf_loss_terms(
     sft  = -logp of the highest-reward candidate                (Eqs. 3-4; summed over its tokens)
     with p the length-normalised score of :func:`rrhf_scores` (Eq. 1).
     """
-    _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards)
-    scores = rrhf_scores(candidate_logps, candidate_lengths, length_penalty=length_penalty)  # (B, K)
+    check_candidates(candidate_logps, candidate_lengths, candidate_rewards)
+    length_penalty = check_finite("length_penalty", length_penalty)
+    scores = candidate_logps / candidate_lengths.to(candidate_logps.dtype) ** length_penalty  # (B, K), Eq. 1
     worse = reward_order_mask(candidate_rewards)  # (B, K, K): candidate i has a lower reward than j
     score_gap = scores.unsqueeze(2) - scores.unsqueeze(1)  # (B, K, K): p_i - p_j
     rank = (torch.relu(score_gap) * worse.to(scores.dtype)).sum(dim=(1, 2))  # (B,)

@@ -13,11 +13,6 @@ def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, *, bet
     """
     beta = check_positive("beta", beta)
     check_logps(policy_logps=policy_logps, ref_logps=ref_logps)
-    return _implicit_rewards(policy_logps, ref_logps, beta)
-
-
-def _implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
-    """The formula of :func:`implicit_rewards` on inputs already checked."""
     return beta * (policy_logps - ref_logps)
 
 
@@ -41,7 +36,7 @@ def preference_metrics(
     Args:
         the four (B,) log-prob tensors. Returns: dict of Python floats.
     """
-    beta = check_positive("beta", beta)  # each input checked once, here
+    beta = check_positive("beta", beta)
     check_logps(
         policy_chosen_logps=policy_chosen_logps,
         policy_rejected_logps=policy_rejected_logps,
@@ -50,8 +45,8 @@ def preference_metrics(
     )
     if policy_chosen_logps.numel() == 0:
         raise ValueError("preference_metrics needs at least one pair: the log-prob tensors are empty (B = 0)")
-    chosen_rewards = _implicit_rewards(policy_chosen_logps, ref_chosen_logps, beta).float()
-    rejected_rewards = _implicit_rewards(policy_rejected_logps, ref_rejected_logps, beta).float()
+    chosen_rewards = (beta * (policy_chosen_logps - ref_chosen_logps)).float()  # (B,), Eq. 5
+    rejected_rewards = (beta * (policy_rejected_logps - ref_rejected_logps)).float()
     return {
         "rewards/chosen": chosen_rewards.mean().item(),
         "rewards/rejected": rejected_rewards.mean().item(),

@@ -10,11 +10,10 @@ With ``p_i = logp_i / |y_i| ** length_penalty`` (Eq. 1) and ``L_rank = sum_{r_i 
 only (the first highest reward, as ``argmax`` picks it) and 0 to the others.
 """
 
-from __future__ import annotations
-
 import torch
 
-from .losses import _check_rrhf_inputs, reward_order_mask, rrhf_scores
+from .checks import check_candidates, check_finite
+from .losses import reward_order_mask
 
 
 def rrhf_candidate_gradients(
@@ -34,15 +33,17 @@ def rrhf_candidate_gradients(
 
     A score tie (p_i == p_j) counts as no violation (the hinge's kink; autograd may pick either side).
     """
-    _check_rrhf_inputs(candidate_logps, candidate_lengths, candidate_rewards)
+    check_candidates(candidate_logps, candidate_lengths, candidate_rewards)
+    length_penalty = check_finite("length_penalty", length_penalty)
+    sft_weight = check_finite("sft_weight", sft_weight, minimum=0.0)
     with torch.no_grad():
-        scores = rrhf_scores(candidate_logps, candidate_lengths, length_penalty=length_penalty)  # (B, K)
+        per_length = candidate_lengths.to(candidate_logps.dtype) ** length_penalty  # (B, K)
+        scores = candidate_logps / per_length  # (B, K), Eq. 1
         worse = reward_order_mask(candidate_rewards)  # (B, K, K): r_i < r_j
         violated = worse & (scores.unsqueeze(2) > scores.unsqueeze(1))  # (B, K, K): ... and p_i > p_j
         pushed_down = violated.sum(dim=2)  # (B,): pairs in which i is the worse one and scores higher
         pushed_up = violated.sum(dim=1)  # (B,): pairs in which i is the better one and scores lower
-        per_length = candidate_lengths.to(scores.dtype) ** length_penalty  # (B, K)
         rank_grad = (pushed_down - pushed_up).to(scores.dtype) / per_length  # (B, K)
         best = candidate_rewards.argmax(dim=1, keepdim=True)  # (B, 1)
-        sft_grad = torch.zeros_like(scores).scatter(1, best, -float(sft_weight))  # (B, K)
+        sft_grad = torch.zeros_like(scores).scatter(1, best, -sft_weight)  # (B, K)
     return rank_grad, sft_grad

@@ -27,13 +27,10 @@ Together, with one prompt per device and the default length_penalty = 1, the off
 ``sft_weight=1/rrhf_weight``, scaled by ``rrhf_weight / T`` (:func:`official_as_paper_settings`).
 """
 
-from __future__ import annotations
-
 import torch
 
-IGNORE_INDEX = -100
-OFFICIAL_RRHF_WEIGHT_DEFAULT = 100.0  # train.py, TrainingArguments.rrhf_weight
-OFFICIAL_RRHF_WEIGHT_TRAIN_SH = 1.0  # train.sh, --rrhf_weight 1
+from .checks import check_int, check_positive
+from .logprobs import IGNORE_INDEX
 
 
 def _check_rows(token_log_probs: torch.Tensor, labels: torch.Tensor) -> None:
@@ -118,7 +115,7 @@ def official_rrhf_loss(
     labels: torch.Tensor,
     rw_scores: torch.Tensor,
     *,
-    rrhf_weight: float = OFFICIAL_RRHF_WEIGHT_DEFAULT,
+    rrhf_weight: float = 100.0,  # train.py's TrainingArguments default
     length_penalty: float = 1.0,
 ) -> torch.Tensor:
     """``RRHFTrainer.compute_loss`` for one prompt: ``rrhf_weight * rrhf_loss + sft_loss``. -> ().
@@ -147,11 +144,8 @@ def official_as_paper_settings(rrhf_weight: float, padded_width: int, *, length_
     Returns:
         ``{"length_penalty": 0.0, "sft_weight": ..., "scale": ...}``.
     """
-    if isinstance(rrhf_weight, bool) or not isinstance(rrhf_weight, (int, float)) or not rrhf_weight > 0:
-        raise ValueError(f"rrhf_weight must be a number > 0, got {rrhf_weight!r}")
-    if isinstance(padded_width, bool) or not isinstance(padded_width, int) or padded_width < 1:
-        raise ValueError(f"padded_width must be a whole number >= 1, got {padded_width!r}")
-    width = float(padded_width)
+    rrhf_weight = check_positive("rrhf_weight", rrhf_weight)
+    width = float(check_int("padded_width", padded_width, minimum=1))
     return {
         "length_penalty": 0.0,
         "sft_weight": width ** (length_penalty - 1.0) / rrhf_weight,

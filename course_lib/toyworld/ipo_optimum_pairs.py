@@ -4,33 +4,22 @@ The maths (win rates, Eq. 11) is :mod:`course_lib.maths.ipo_optimum`; this modul
 records, with mu the empirical distribution of the data set's responses to each prompt.
 """
 
-from __future__ import annotations
-
 import torch
 
-from ..maths.ipo_optimum import optimal_ipo_margins, win_rates
+from ..maths.checks import check_record
+from ..maths.ipo_optimum import eq11_margins_from_win_rates, win_rates
 
 _FIELDS = ("prompt", "chosen_reward", "rejected_reward")
+_HINT = ": Eq. 11 needs the pairs' true rewards (load_preferences gives them)"
 
 
-def _responses(records: list[dict], name: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """(prompts, chosen rewards, rejected rewards) of pair records, with a clear error for a bad record."""
+def _prompts_and_rewards(records: list[dict], name: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(prompts, chosen rewards (N,), rejected rewards (N,)) of pair records."""
     if not isinstance(records, (list, tuple)) or not records:
         raise ValueError(f"{name} must be a non-empty list of preference pairs (dicts), got {records!r:.80}")
-    prompts, chosen, rejected = [], [], []
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise TypeError(f"{name}[{i}] must be a dict with {', '.join(_FIELDS)}, got {type(record).__name__}")
-        missing = [field for field in _FIELDS if field not in record]
-        if missing:
-            raise ValueError(
-                f"{name}[{i}] has no {', '.join(repr(m) for m in missing)}: Eq. 11 needs the pairs' true rewards "
-                "(load_preferences gives them; pairs without rewards have no win rates)"
-            )
-        prompts.append(record["prompt"])
-        chosen.append(float(record["chosen_reward"]))
-        rejected.append(float(record["rejected_reward"]))
-    return prompts, torch.tensor(chosen, dtype=torch.float64), torch.tensor(rejected, dtype=torch.float64)
+    records = [check_record(f"{name}[{i}]", record, _FIELDS, _HINT) for i, record in enumerate(records)]
+    chosen, rejected = ([float(r[field]) for r in records] for field in _FIELDS[1:])
+    return [r["prompt"] for r in records], torch.tensor(chosen).double(), torch.tensor(rejected).double()
 
 
 def ipo_optimal_margins(pairs: list[dict], *, beta: float, population: list[dict] | None = None) -> torch.Tensor:
@@ -51,19 +40,18 @@ def ipo_optimal_margins(pairs: list[dict], *, beta: float, population: list[dict
     Returns:
         (N,) float64 optimal margins.
     """
-    prompts, chosen_rewards, rejected_rewards = _responses(pairs, "pairs")
+    prompts, chosen_rewards, rejected_rewards = _prompts_and_rewards(pairs, "pairs")
     if population is None:
         pop_prompts, pop_chosen, pop_rejected = prompts, chosen_rewards, rejected_rewards
     else:
-        pop_prompts, pop_chosen, pop_rejected = _responses(population, "population")
-    ids = {prompt: i for i, prompt in enumerate(dict.fromkeys(pop_prompts + prompts))}
+        pop_prompts, pop_chosen, pop_rejected = _prompts_and_rewards(population, "population")
     absent = sorted(set(prompts) - set(pop_prompts))
     if absent:
         raise ValueError(f"population has no pair for the prompt {absent[0]!r} of pairs: its win rates are undefined")
-    groups = torch.tensor([ids[p] for p in prompts])
-    pop_groups = torch.tensor([ids[p] for p in pop_prompts])
-    population_rewards = torch.cat([pop_chosen, pop_rejected])
-    population_groups = torch.cat([pop_groups, pop_groups])
-    chosen = win_rates(chosen_rewards, groups, population_rewards, population_groups)
-    rejected = win_rates(rejected_rewards, groups, population_rewards, population_groups)
-    return optimal_ipo_margins(chosen, rejected, beta=beta)
+    ids = {prompt: i for i, prompt in enumerate(dict.fromkeys(pop_prompts))}
+    groups = torch.tensor([ids[p] for p in prompts])  # (N,)
+    pop_groups = torch.tensor([ids[p] for p in pop_prompts]).repeat(2)  # (2M,): chosen, then rejected
+    pop_rewards = torch.cat([pop_chosen, pop_rejected])  # (2M,)
+    chosen = win_rates(chosen_rewards, groups, pop_rewards, pop_groups)
+    rejected = win_rates(rejected_rewards, groups, pop_rewards, pop_groups)
+    return eq11_margins_from_win_rates(chosen, rejected, beta=beta)
