@@ -1,5 +1,5 @@
-"""18.2's intuition plots draw what they say: Psi's two curves, the two-action optima, the histogram's marked lines,
-one frontier line per loss with its points."""
+"""The teaching layer's plots draw what they say: Psi's two curves, the two-action optima on a log axis with
+plain labels, the histogram's lines, curves from step 0, and a frontier as each method's points and Pareto front."""
 
 import matplotlib
 
@@ -10,12 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from course_lib.maths.bandit import ipo_bandit_optimum  # noqa: E402
-from course_lib.teaching.ipo_plots import (  # noqa: E402
-    plot_frontier,
-    plot_margin_histogram,
-    plot_psi,
-    plot_two_action_optimum,
-)
+from course_lib.teaching.ipo_plots import plot_frontier, plot_margin_histogram, plot_psi, plot_two_action_optimum  # noqa: E402
+from course_lib.teaching.plots import pareto_front, plot_comparison, plot_over_steps  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +21,7 @@ def close_figures():
 
 
 def test_psi_curves_are_logit_and_shifted_identity():
-    ax = plot_psi()
-    logit, identity = ax.get_lines()[:2]
+    logit, identity = plot_psi().get_lines()[:2]
     p = torch.tensor(logit.get_xdata())
     torch.testing.assert_close(torch.tensor(logit.get_ydata()), torch.logit(p))
     torch.testing.assert_close(torch.tensor(identity.get_ydata()), p - 0.5)
@@ -34,28 +29,55 @@ def test_psi_curves_are_logit_and_shifted_identity():
 
 def test_two_action_optimum_is_one_for_dpo_and_the_closed_form_for_ipo():
     taus = [0.1, 1.0, 10.0]
-    dpo, ipo = plot_two_action_optimum(taus).get_lines()[:2]
+    ax = plot_two_action_optimum(taus)
+    dpo, ipo = ax.get_lines()[:2]
     assert list(dpo.get_ydata()) == [1.0, 1.0, 1.0]
     expected = [ipo_bandit_optimum([(0, 1)], beta=t)[0].item() for t in taus]
     assert list(ipo.get_ydata()) == pytest.approx(expected)
     assert expected == pytest.approx([torch.sigmoid(torch.tensor(1 / (2 * t))).item() for t in taus], abs=1e-5)
+    assert ax.get_xscale() == "log" and ax.xaxis.get_major_formatter()(0.5, 0) == "0.5"
+    assert len(ax.get_legend().get_texts()) == len(ax.get_lines())  # every line style is in the legend
 
 
 def test_histogram_marks_the_target_and_the_optimum_mean():
     predicted = torch.tensor([0.2, 0.6, 1.3], dtype=torch.float64)
     ax = plot_margin_histogram({"trained": torch.tensor([0.1, 0.9])}, target=1.0, predicted=predicted)
-    vertical = sorted(line.get_xdata()[0] for line in ax.get_lines())
-    assert vertical == pytest.approx(sorted([1.0, predicted.mean().item()]))
+    assert sorted(line.get_xdata()[0] for line in ax.get_lines()) == pytest.approx([predicted.mean().item(), 1.0])
 
 
-def test_frontier_draws_one_line_per_loss_in_order_of_beta():
+def test_pareto_front_keeps_only_runs_nothing_beats_on_both():
+    runs = [{"kl": kl, "reward": r} for kl, r in [(1.0, 0.5), (2.0, 0.4), (3.0, 0.9), (0.5, 0.1), (4.0, 0.9)]]
+    assert [(p["kl"], p["reward"]) for p in pareto_front(runs)] == [(0.5, 0.1), (1.0, 0.5), (3.0, 0.9)]
+
+
+def test_frontier_draws_points_and_a_front_that_never_doubles_back():
     points = [
         {"loss": loss, "beta": beta, "kl": kl, "kl_stderr": 0.1, "reward": reward, "reward_stderr": 0.1}
-        for loss, beta, kl, reward in [("dpo", 1.0, 3.0, 2.0), ("dpo", 0.1, 10.0, 1.0), ("ipo", 0.5, 2.0, 1.5)]
-    ]
+        for loss, beta, kl, reward in [("dpo", 1.0, 3.0, 2.0), ("dpo", 0.1, 10.0, 1.0), ("dpo", 0.3, 6.0, 2.5),
+                                       ("ipo", 0.5, 2.0, 1.5)]
+    ]  # fmt: skip
     ax = plot_frontier(points, reference_reward=-0.5)
-    by_label = {container.get_label(): container.lines[0] for container in ax.containers}
-    assert sorted(label.split()[0] for label in by_label) == ["DPO", "IPO"]
-    dpo = next(line for label, line in by_label.items() if label.startswith("DPO"))
-    assert list(dpo.get_xdata()) == [10.0, 3.0]  # beta 0.1 then 1.0
-    assert list(dpo.get_ydata()) == [1.0, 2.0]
+    markers = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert sorted(markers) == ["dpo (summed log-probs)", "ipo (averaged log-probs)"]
+    dpo = markers["dpo (summed log-probs)"]
+    assert dpo.get_linestyle() == "None" and sorted(dpo.get_xdata()) == [3.0, 6.0, 10.0]
+    fronts = [line for line in ax.get_lines() if line.get_linestyle() == "-" and len(line.get_xdata()) > 1]
+    assert [list(line.get_xdata()) for line in fronts] == [[3.0, 6.0]]  # beta 0.1 is beaten: not on the front
+    assert ax.get_xscale() == "log" and ax.xaxis.get_major_formatter()(2.0, 0) == "2"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "reference" in legend and any("beats" in text for text in legend)
+
+
+def test_training_curves_start_at_step_0():
+    history = [{"step": s, "margin": 0.1 * s} for s in (1, 2, 3)]  # step s: measured before update s
+    ax = plot_over_steps([{"loss": "ipo", "beta": 0.5, "history": history}], "margin")
+    assert list(ax.get_lines()[0].get_xdata()) == [0, 1, 2]
+
+
+def test_comparison_draws_each_unit_of_margin_in_its_own_panel(tmp_path):
+    def run(loss, beta):
+        return {"loss": loss, "beta": beta, "history": [{"step": 1, "margin": 0.5}], "evals": [{"step": 0, "kl": 0.0}]}
+
+    results = {"runs": [run("dpo", 0.1), run("ipo", 0.5), {**run("rrhf", None), "history": [{"step": 1}]}]}
+    assert plot_comparison(results, tmp_path) == ["margin_and_kl.png", "reward_vs_kl.png"]
+    assert (tmp_path / "margin_and_kl.png").stat().st_size > 0 and (tmp_path / "reward_vs_kl.png").stat().st_size > 0

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from course_lib.maths.bandit import ipo_bandit_optimum
+from course_lib.maths.losses import PAIRWISE_LOSSES, LossSpec
 from course_lib.teaching.widgets.bandit_tau import (
     bandit_readout_text,
     bandit_tau_state,
@@ -13,12 +14,12 @@ from course_lib.teaching.widgets.bandit_tau import (
     plot_bandit_tau,
 )
 from course_lib.teaching.widgets.margin_loss import (
-    LOSS_NAMES,
     build_margin_widget,
     margin_losses_state,
     margin_readout_html,
     margin_readout_text,
     plot_margin_losses,
+    push_stops_at,
 )
 from course_lib.toyworld.bandit import D1, load_d1_sweep
 
@@ -27,100 +28,93 @@ def sigmoid(z):
     return 1.0 / (1.0 + math.exp(-z))
 
 
-# ----------------------------------------------------------------------------- margin explorer: maths
-@pytest.mark.parametrize("h,beta", [(-2.0, 0.1), (0.0, 0.5), (0.7, 0.5), (3.0, 1.5), (11.0, 0.05)])
-def test_margin_state_matches_closed_forms(h, beta):
+def state_at(h_sum, h_avg, beta_sum, beta_avg, **kwargs):
+    return margin_losses_state(
+        {"summed": h_sum, "averaged": h_avg}, {"summed": beta_sum, "averaged": beta_avg}, **kwargs
+    )
+
+
+@pytest.mark.parametrize("h, h_avg, beta, tau", [(-2.0, 0.3, 0.1, 0.5), (0.0, 1.0, 0.5, 0.5), (11.0, 3.0, 1.5, 0.1)])
+def test_each_loss_matches_its_closed_form_in_its_own_units(h, h_avg, beta, tau):
     m, eps = 0.8, 0.2
-    s = margin_losses_state(h, beta=beta, margin=m, label_smoothing=eps)
+    c = state_at(h, h_avg, beta, tau, offset=m, label_smoothing=eps).curves
     z = beta * h
-    assert s.values["DPO"] == pytest.approx(-math.log(sigmoid(z)), rel=1e-9)
-    assert s.grads["DPO"] == pytest.approx(-beta * sigmoid(-z), rel=1e-9)
-    assert s.values["IPO"] == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-9, abs=1e-12)
-    assert s.grads["IPO"] == pytest.approx(2 * (h - 1 / (2 * beta)), rel=1e-9, abs=1e-12)
-    assert s.values["hinge"] == pytest.approx(max(0.0, 1 - z), abs=1e-12)
-    assert s.grads["hinge"] == pytest.approx(-beta if z < 1 else 0.0, abs=1e-12)
-    assert s.values["margin DPO"] == pytest.approx(-math.log(sigmoid(z - m)), rel=1e-9)
-    assert s.grads["margin DPO"] == pytest.approx(-beta * sigmoid(m - z), rel=1e-9)
-    assert s.values["cDPO"] == pytest.approx(-(1 - eps) * math.log(sigmoid(z)) - eps * math.log(sigmoid(-z)), rel=1e-9)
-    assert s.grads["cDPO"] == pytest.approx(-beta * (1 - eps) * sigmoid(-z) + beta * eps * sigmoid(z), rel=1e-9)
-    assert s.ipo_target == pytest.approx(1 / (2 * beta))
-    assert s.hinge_corner == pytest.approx(1 / beta)
-    assert s.margin_midpoint == pytest.approx(m / beta)
+    assert (c["dpo"].units, c["ipo"].units, c["hinge"].units) == ("summed", "averaged", "summed")
+    assert (c["dpo"].value, c["dpo"].grad) == pytest.approx((-math.log(sigmoid(z)), -beta * sigmoid(-z)), rel=1e-9)
+    assert c["ipo"].h == h_avg and c["ipo"].beta == tau
+    assert (c["ipo"].value, c["ipo"].grad) == pytest.approx(((h_avg - 1 / (2 * tau)) ** 2, 2 * (h_avg - 1 / (2 * tau))))
+    assert (c["hinge"].value, c["hinge"].grad) == pytest.approx((max(0.0, 1 - z), -beta if z < 1 else 0.0))
+    assert c["dpo, offset m"].value == pytest.approx(-math.log(sigmoid(z - m)), rel=1e-9)
+    cdpo = -(1 - eps) * math.log(sigmoid(z)) - eps * math.log(sigmoid(-z))
+    assert c["dpo, flip rate eps"].value == pytest.approx(cdpo, rel=1e-9)
 
 
-def test_margin_state_curves_agree_with_point_values():
-    s = margin_losses_state(1.0, beta=0.5, n_grid=161)  # grid -4 .. 12 in steps of 0.1: 1.0 is on it
-    assert len(s.h_grid) == 161
-    k = min(range(161), key=lambda i: abs(s.h_grid[i] - 1.0))
-    for name in LOSS_NAMES:
-        assert s.curve_values[name][k] == pytest.approx(s.values[name], abs=1e-9)
-        assert s.curve_grads[name][k] == pytest.approx(s.grads[name], abs=1e-9)
+def test_every_registry_loss_is_drawn_and_the_curves_agree_with_the_points():
+    state = state_at(2.0, 2.0, 0.5, 0.5)
+    assert {c.label.split(",")[0] for c in state.curves.values()} == set(PAIRWISE_LOSSES)
+    for c in state.curves.values():
+        k = min(range(len(c.h_grid)), key=lambda i: abs(c.h_grid[i] - 2.0))
+        assert c.h_grid[k] == pytest.approx(2.0)  # the grid holds h = 2 for both units
+        assert (c.values[k], c.grads[k]) == pytest.approx((c.value, c.grad), abs=1e-9)
 
 
-@pytest.mark.parametrize("beta", [0.05, 0.2, 1.0, 2.0])
-def test_gradient_signs(beta):
-    s = margin_losses_state(0.0, beta=beta, h_range=(-20.0, 40.0), n_grid=601)
-    grid = torch.tensor(s.h_grid)
-    dpo, ipo, hinge = (torch.tensor(s.curve_grads[n]) for n in ("DPO", "IPO", "hinge"))
-    assert bool((dpo < 0).all())  # DPO always pushes h up, whatever beta
-    assert bool((ipo[grid < 1 / (2 * beta) - 1e-9] < 0).all()) and bool((ipo[grid > 1 / (2 * beta) + 1e-9] > 0).all())
-    assert bool((hinge[grid > 1 / beta + 1e-9] == 0).all())
-    assert bool((torch.tensor(s.curve_grads["margin DPO"]) < 0).all())
+def test_a_new_registry_entry_is_drawn_from_its_spec_alone():
+    seen = []
+
+    def my_reference_free_loss(chosen, rejected, ref_chosen, ref_rejected, *, beta):
+        seen.append((ref_chosen, ref_rejected))
+        return -torch.nn.functional.logsigmoid(beta * (chosen - rejected) - 0.5)
+
+    spec = LossSpec("mine", my_reference_free_loss, average_logps=True, needs_reference=False)
+    state = state_at(0.0, 2.0, 1.0, 2.0, losses=[spec])
+    assert list(state.curves) == ["mine"] and state.curves["mine"].units == "averaged"
+    assert state.curves["mine"].value == pytest.approx(-math.log(sigmoid(2.0 * 2.0 - 0.5)))
+    assert all(ref == (None, None) for ref in seen)  # a reference-free loss gets no reference log-probs
+    assert len(plot_margin_losses(state).axes) == 2  # one row: only the averaged unit is drawn
 
 
-def test_cdpo_has_a_finite_target():
-    beta, eps = 0.5, 0.1
-    target = math.log((1 - eps) / eps) / beta  # sigmoid(beta h) = 1 - eps
-    assert margin_losses_state(target, beta=beta, label_smoothing=eps).grads["cDPO"] == pytest.approx(0.0, abs=1e-12)
-    assert margin_losses_state(target + 0.5, beta=beta, label_smoothing=eps).grads["cDPO"] > 0
+@pytest.mark.parametrize("beta", [0.05, 0.5, 2.0])
+def test_where_each_loss_stops_pushing(beta):
+    assert push_stops_at("ipo", beta=beta) == pytest.approx(1 / (2 * beta), abs=1e-8)
+    assert push_stops_at("hinge", beta=beta) == pytest.approx(1 / beta, abs=1e-8)
+    assert push_stops_at("dpo", beta=beta, label_smoothing=0.1) == pytest.approx(math.log(9) / beta, abs=1e-8)
+    assert push_stops_at("dpo", beta=beta, h_range=(-20.0, 300.0)) is None
+    assert push_stops_at("dpo", beta=beta, offset=2.0, h_range=(-20.0, 300.0)) is None
 
 
-def test_readouts_name_every_loss_and_the_sign_change():
-    s = margin_losses_state(2.0, beta=0.25)
-    text, page = margin_readout_text(s), margin_readout_html(s)
-    for name in LOSS_NAMES:
-        assert name in text and name in page
-    assert "1/(2 tau) = 2" in text
-    assert s.grad_sign("IPO") == "no push" and s.grad_sign("DPO") == "pushes h up"
-    assert margin_losses_state(3.0, beta=0.25).grad_sign("IPO") == "pushes h down"
+def test_readouts_say_the_units_are_not_comparable():
+    state = state_at(10.0, 2.0, 0.1, 0.25)
+    text, page = margin_readout_text(state), margin_readout_html(state)
+    for label in state.curves:
+        assert label in text and label in page
+    assert "not comparable" in page.lower() and "n times h averaged" in text
+    assert state.curves["ipo"].push == "no push" and state.curves["dpo"].push == "pushes h up"
+    assert state_at(10.0, 3.0, 0.1, 0.25).curves["ipo"].push == "pushes h down"
 
 
 def test_margin_state_rejects_bad_input():
     with pytest.raises(ValueError, match="beta"):
-        margin_losses_state(1.0, beta=0.0)
+        state_at(1.0, 1.0, 0.0, 0.5)
     with pytest.raises(ValueError, match="label_smoothing"):
-        margin_losses_state(1.0, beta=0.5, label_smoothing=0.5)
+        state_at(1.0, 1.0, 0.5, 0.5, label_smoothing=0.5)
     with pytest.raises(ValueError, match="h"):
-        margin_losses_state(float("nan"), beta=0.5)
+        state_at(float("nan"), 1.0, 0.5, 0.5)
 
 
-# ----------------------------------------------------------------------------- margin explorer: widget
 def test_margin_widget_redraws_on_every_slider():
-    w = build_margin_widget(beta=0.5, h=1.5)
-    assert w.state.beta == pytest.approx(0.5) and w.state.h == pytest.approx(1.5)
-    before_image, before_text = w.image.value, w.readout.value
-    w.h_slider.value = 4.0
-    assert w.state.h == pytest.approx(4.0) and w.state.grads["IPO"] == pytest.approx(6.0)
-    assert w.image.value != before_image and w.readout.value != before_text
-    w.beta_slider.value = 0.1
-    assert w.state.ipo_target == pytest.approx(5.0, rel=1e-6) and w.state.grads["IPO"] < 0
-    assert "5" in w.readout.value
-    w.margin_slider.value = 2.0
-    assert w.state.margin == pytest.approx(2.0)
-    w.eps_slider.value = 0.3
-    assert w.state.label_smoothing == pytest.approx(0.3)
-    times = []
-    for h in (-3.0, 0.0, 2.5, 7.0, 11.0):
-        w.h_slider.value = h
-        times.append(w.redraw_ms)
-    print(f"margin widget redraw: median {sorted(times)[2]:.1f} ms, max {max(times):.1f} ms")
-
-
-def test_seed_configuration_on_the_widget():
-    # the seed's "ipo_loss" is -log sigmoid(h - beta_seed): margin DPO with beta = 1 and m = beta_seed
-    w = build_margin_widget(beta=1.0, h=0.0, margin=0.1)
-    assert w.state.values["margin DPO"] == pytest.approx(-math.log(sigmoid(-0.1)), rel=1e-9)
-    assert all(g < 0 for g in w.state.curve_grads["margin DPO"])
+    w = build_margin_widget(h={"averaged": 1.5}, beta={"averaged": 0.5}, offset=1.0)
+    assert w.state.curves["ipo"].h == pytest.approx(1.5) and w.state.offset == 1.0
+    image, text = w.image.value, w.readout.value
+    w.h_sliders["averaged"].value = 4.0
+    assert w.state.curves["ipo"].grad == pytest.approx(6.0) and w.state.curves["dpo"].h == pytest.approx(10.0)
+    assert w.image.value != image and w.readout.value != text
+    w.beta_sliders["averaged"].value = 0.1
+    assert w.state.curves["ipo"].stops_at == pytest.approx(5.0, rel=1e-6) and w.state.curves["ipo"].grad < 0
+    w.beta_sliders["summed"].value = 0.5
+    assert w.state.curves["hinge"].stops_at == pytest.approx(2.0, rel=1e-6)
+    w.offset_slider.value, w.eps_slider.value = 2.0, 0.3
+    assert (w.state.offset, w.state.label_smoothing) == pytest.approx((2.0, 0.3))
+    print(f"margin widget redraw: {w.redraw_ms:.1f} ms")
 
 
 def _still_animated(fig) -> list:
@@ -129,18 +123,16 @@ def _still_animated(fig) -> list:
 
 
 def test_static_margin_figure_draws_the_state():
-    state = margin_losses_state(1.0, beta=0.5)
+    state = state_at(5.0, 1.5, 0.1, 0.5)
     fig = plot_margin_losses(state)
-    ax_loss, ax_grad = fig.axes
-    curves = {line.get_label(): line for line in ax_loss.get_lines() if line.get_label() in LOSS_NAMES}
-    assert set(curves) == set(LOSS_NAMES)
-    for name, line in curves.items():
-        assert list(line.get_xdata()) == pytest.approx(list(state.h_grid))
-        assert list(line.get_ydata()) == pytest.approx(list(state.curve_values[name]))
-    dots = [line for line in ax_loss.get_lines() if list(line.get_xdata()) == [state.h]]
-    assert sorted(float(d.get_ydata()[0]) for d in dots) == pytest.approx(sorted(state.values.values()))
-    grad_dots = [line for line in ax_grad.get_lines() if list(line.get_xdata()) == [state.h]]
-    assert sorted(float(d.get_ydata()[0]) for d in grad_dots) == pytest.approx(sorted(state.grads.values()))
+    drawn = {line.get_label(): line for ax in fig.axes for line in ax.get_lines() if line.get_label() in state.curves}
+    assert set(drawn) == set(state.curves)
+    for label, line in drawn.items():
+        assert list(line.get_ydata()) == pytest.approx(list(state.curves[label].values))
+    assert [ax.get_xlabel().split(",")[1] for ax in fig.axes[::2]] == [
+        " summed log-probs (nats)",
+        " averaged log-probs (nats)",
+    ]
     assert not _still_animated(fig)
 
 
@@ -150,46 +142,29 @@ def sweep():
     return load_d1_sweep()
 
 
-def test_bandit_state(sweep):
+def test_bandit_state_starts_at_the_reference(sweep):
     before = sweep["probs"].clone()
     s = bandit_tau_state(sweep, 0.5)
     assert torch.equal(sweep["probs"], before)  # pure
-    assert s.steps[0] == sweep["record_every"] and s.steps[-1] == sweep["steps"]
+    assert s.steps[0] == 0 and s.steps[1] == sweep["record_every"] and s.steps[-1] == sweep["steps"]
+    assert torch.allclose(s.mean["dpo"][0], torch.full((3,), 1 / 3, dtype=torch.float64))
     torch.testing.assert_close(s.ipo_optimum, ipo_bandit_optimum(D1, beta=0.5))
-    assert (s.final["ipo"] - s.ipo_optimum.double()).abs().max() < 0.01
-    assert float(s.final["dpo"][0]) > 0.999
+    assert (s.final["ipo"] - s.ipo_optimum.double()).abs().max() < 0.01 and float(s.final["dpo"][0]) > 0.999
     assert s.final_kl["dpo"] > s.final_kl["ipo"] > 0
-    for loss in ("dpo", "ipo"):
-        assert bool((s.low[loss] <= s.mean[loss] + 1e-12).all()) and bool((s.mean[loss] <= s.high[loss] + 1e-12).all())
-    text = bandit_readout_text(s)
-    assert "tau = 0.5" in text and "IPO optimum" in text
+    assert bool((s.low["ipo"] <= s.mean["ipo"] + 1e-12).all()) and bool((s.mean["ipo"] <= s.high["ipo"] + 1e-12).all())
+    assert "tau = 0.5" in bandit_readout_text(s)
     with pytest.raises(ValueError, match="taus"):
         bandit_tau_state(sweep, 0.3)
 
 
-def test_bandit_widget_follows_the_slider(sweep):
+def test_bandit_widget_follows_the_slider_and_its_figure_draws_the_state(sweep):
     w = build_bandit_widget(sweep, beta=0.1)
-    assert w.state.beta == pytest.approx(0.1)
-    image, text = w.image.value, w.readout.value
-    times = []
-    for tau in (0.5, 5.0, 1.0, 0.05, 2.0):
-        w.beta_slider.value = tau
-        times.append(w.redraw_ms)
-        assert w.state.beta == pytest.approx(tau)
-    assert w.image.value != image and w.readout.value != text
+    image = w.image.value
+    w.beta_slider.value = 2.0
+    assert w.state.beta == 2.0 and w.image.value != image and "tau = 2" in w.readout.value
     assert float(w.state.final["ipo"][0]) < 0.5  # tau = 2: IPO stays near the uniform reference
-    print(f"bandit widget redraw: median {sorted(times)[2]:.1f} ms, max {max(times):.1f} ms")
-
-
-def test_static_bandit_figure_draws_the_state(sweep):
-    state = bandit_tau_state(sweep, 1.0)
-    fig = plot_bandit_tau(state)
-    assert [ax.get_title().split(":")[0] for ax in fig.axes] == [loss.upper() for loss in state.mean]
-    for ax, loss in zip(fig.axes, state.mean):
-        curves = {line.get_label(): line for line in ax.get_lines() if line.get_label() in ("a", "b", "c")}
-        for action, label in enumerate("abc"):
-            assert list(curves[label].get_xdata()) == pytest.approx(state.steps.tolist())
-            assert list(curves[label].get_ydata()) == pytest.approx(state.mean[loss][:, action].tolist())
-        optimum = sorted(float(line.get_ydata()[0]) for line in ax.get_lines() if line.get_linestyle() == "--")
-        assert optimum == pytest.approx(sorted(state.ipo_optimum.tolist()))
+    fig = plot_bandit_tau(w.state)
+    for ax, loss in zip(fig.axes, w.state.mean):
+        curves = {line.get_label(): line for line in ax.get_lines()}
+        assert list(curves["a"].get_ydata()) == pytest.approx(w.state.mean[loss][:, 0].tolist())
     assert not _still_animated(fig)

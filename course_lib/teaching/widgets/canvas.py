@@ -1,38 +1,40 @@
-"""The blitting canvas every explorer draws on: a matplotlib figure rendered to PNG for an ``ipywidgets.Image``.
+"""What every explorer shares: a blitting figure rendered to PNG, the slider wiring, and small tables.
 
-The figure is drawn once with matplotlib's Agg canvas; the artists that move are marked animated and
-the rest is cached as a background. A redraw restores that background, draws only the moving artists
-(text layout is what makes a full draw slow) and encodes the pixels as PNG with Pillow, so a widget
-redraws in well under 100 ms on a CPU and works the same in JupyterLab, a static viewer and a test.
+The figure is drawn once with matplotlib's Agg canvas; the artists that move are marked animated and the
+rest is cached as a background. A redraw restores that background, draws only the moving artists and
+encodes the pixels as PNG, so a widget redraws in well under 100 ms on a CPU and works the same in
+JupyterLab, a static viewer and a test. An explorer is a pure ``compute() -> state`` plus this wiring.
 """
 
 from __future__ import annotations
 
+import html
 import io
+import time
 
 
 class BlitFigure:
     """A ``matplotlib.figure.Figure`` (``self.fig``) on an Agg canvas, with blitted redraws.
 
-    Subclasses build their axes and artists on ``self.fig``, lay it out, then call :meth:`freeze` with
-    the artists that move; :meth:`png` renders the current state.
+    Subclasses build their axes and artists, then call :meth:`freeze` with the artists that move (again
+    whenever an axis limit changes); :meth:`png` renders the current state, :meth:`static` returns the figure.
     """
 
     def __init__(self, *, figsize, dpi: int = 80):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        self.fig = Figure(figsize=figsize, dpi=dpi)
+        self.fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
         FigureCanvasAgg(self.fig)
         self._moving: list = []
-        self._background = None
 
-    def freeze(self, moving) -> None:
+    def freeze(self, moving=None) -> None:
         """Mark ``moving`` animated, draw everything else once and cache it as the background."""
-        self._moving = list(moving)
+        self._moving = list(self._moving if moving is None else moving)
         for artist in self._moving:
             artist.set_animated(True)
         self.fig.canvas.draw()
+        self.fig.set_layout_engine("none")  # the layout is fixed from now on: blits stay aligned
         self._background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
 
     def png(self) -> bytes:
@@ -43,14 +45,78 @@ class BlitFigure:
         canvas.restore_region(self._background)
         for artist in self._moving:
             self.fig.draw_artist(artist)
-        width, height = canvas.get_width_height()
-        image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
+        size = canvas.get_width_height()
+        image = Image.frombuffer("RGBA", size, canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
         buffer = io.BytesIO()
         image.save(buffer, format="png", compress_level=1)  # RGB and light compression: the fast path
         return buffer.getvalue()
 
+    def fit_ylim(self, ax, reach: float) -> None:
+        """Symmetric y limits at the next 1, 2 or 5 times a power of ten above ``1.1 * reach``; a change redraws
+        the background once (a blit cannot move the axes)."""
+        limit = next(m * 10.0**e for e in range(-3, 6) for m in (1, 2, 5) if m * 10.0**e >= 1.1 * reach)
+        if ax.get_ylim() != (-limit, limit):
+            ax.set_ylim(-limit, limit)
+            self.freeze()
+
     def static(self):
-        """The figure with every artist drawn normally (for ``savefig`` or ``plt.show``); returns ``self.fig``."""
+        """The figure with every artist drawn normally (for ``savefig`` or ``display``); returns ``self.fig``."""
         for artist in self._moving:
             artist.set_animated(False)
         return self.fig
+
+
+def slider(kind: str, description: str, value, **options):
+    """An ipywidgets slider (``kind``: "FloatSlider", "IntSlider", "FloatLogSlider", ...) with a readable label."""
+    import ipywidgets as widgets
+
+    style = {"description_width": "110px"}
+    return getattr(widgets, kind)(value=value, description=description, style=style, **options)
+
+
+def explorer(rows: list, sliders: list, compute, figure: BlitFigure, readout_html):
+    """An ``ipywidgets.VBox``: ``rows`` of controls, the figure's PNG and an HTML readout, redrawn on every slider.
+
+    ``compute()`` returns the state from the sliders' values; ``figure.update(state)`` and
+    ``readout_html(state)`` show it. The box keeps ``state``, ``image``, ``readout``, ``figure`` and
+    ``redraw_ms`` (the latest redraw: compute, readout and figure).
+    """
+    import ipywidgets as widgets
+
+    image, readout = widgets.Image(format="png"), widgets.HTML()
+    box = widgets.VBox([*rows, image, readout])
+    box.image, box.readout, box.figure = image, readout, figure
+
+    def redraw(_change=None) -> None:
+        start = time.perf_counter()
+        box.state = compute()
+        readout.value = readout_html(box.state)
+        figure.update(box.state)
+        image.value = figure.png()
+        box.redraw_ms = 1000.0 * (time.perf_counter() - start)
+
+    for control in sliders:
+        control.observe(redraw, names="value")
+    redraw()
+    return box
+
+
+def text_table(header: list[str], rows: list[list]) -> str:
+    """Rows as plain text in right-aligned columns (first column left-aligned)."""
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        for row in cells
+    )
+
+
+def html_table(header: list[str], rows: list[list], colours: list[str] | None = None) -> str:
+    """The same rows as an HTML table; ``colours`` gives each row's background."""
+    cell = '<td style="padding:1px 8px;text-align:right">{}</td>'
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        f'<tr style="background:{colour}">' + "".join(cell.format(html.escape(str(c))) for c in row) + "</tr>"
+        for row, colour in zip(rows, colours or ["none"] * len(rows))
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"

@@ -1,319 +1,263 @@
-"""The margin explorer of notebook 18.2 (IPO, Sec. 5), as a pure callback plus a thin ipywidgets builder.
+"""The margin explorer (notebook 18.2): every pairwise loss of the registry against its margin h, in its own units.
 
-Every pairwise loss as a function of the margin
-``h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]``, with its gradient ``dL/dh``,
-for DPO, IPO, hinge, margin DPO (an offset ``m``) and cDPO (a label-flip rate ``eps``).
-:func:`margin_losses_state` computes everything with the library's losses (:mod:`course_lib.maths.losses`)
-and autograd; this module only arranges and draws it, and never mutates its inputs. The figure is a
-:class:`~course_lib.teaching.widgets.canvas.BlitFigure`.
+``h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]`` (the policy's log-probs alone for a
+reference-free loss). Which losses, and whether each sees summed or length-averaged log-probs, is read from
+:data:`course_lib.maths.losses.PAIRWISE_LOSSES`; a loss whose function takes ``offset`` or ``label_smoothing``
+is also drawn with the explorer's offset m or flip rate eps. The two units are not comparable: h summed over
+tokens is n times h averaged only when both responses have n tokens, and a beta on one is not a beta on the
+other. So each unit has its own row, its own h and its own beta (tau). Values and gradients ``dL/dh`` come
+from the library's losses and autograd in float64.
 """
 
 from __future__ import annotations
 
-import html
-import time
+import inspect
 from dataclasses import dataclass
 
 import torch
 
-from ...maths.losses import dpo_loss, hinge_loss, ipo_loss
-from .canvas import BlitFigure
+from ...maths.losses import PAIRWISE_LOSSES, LossSpec, loss_spec
+from .canvas import BlitFigure, explorer, html_table, slider, text_table
 
-#: Loss names in the order the explorer lists them.
-LOSS_NAMES: tuple[str, ...] = ("DPO", "IPO", "hinge", "margin DPO", "cDPO")
-LOSS_COLOURS = {
-    "DPO": "tab:blue",
-    "IPO": "tab:orange",
-    "hinge": "tab:green",
-    "margin DPO": "tab:purple",
-    "cDPO": "tab:brown",
-}
-H_RANGE: tuple[float, float] = (-4.0, 12.0)
-BETA_RANGE: tuple[float, float] = (0.05, 2.0)
-LOSS_YLIM: tuple[float, float] = (0.0, 5.0)
-GRAD_YLIM: tuple[float, float] = (-1.5, 1.5)
+UNITS = ("summed", "averaged")
+H_RANGES = {"summed": (-20.0, 60.0), "averaged": (-2.0, 6.0)}
+BETA_SLIDERS = {"summed": (-2.0, 0.0), "averaged": (-1.3, 0.3)}  # log10 ranges
+NOT_COMPARABLE = (
+    "The rows are in different units: h summed over tokens equals n times h averaged only when both "
+    "responses have n tokens, so neither h nor beta carries over from one row to the other."
+)
 
 
-def _pairwise_losses(h: torch.Tensor, *, beta: float, margin: float, label_smoothing: float) -> dict[str, torch.Tensor]:
-    """Each library loss at margins ``h`` (N,): the chosen log-ratio is h, the rest are 0."""
-    zeros = torch.zeros_like(h)
-    args = (h, zeros, zeros, zeros)  # h = (h - 0) - (0 - 0)
-    return {
-        "DPO": dpo_loss(*args, beta=beta),
-        "IPO": ipo_loss(*args, beta=beta),
-        "hinge": hinge_loss(*args, beta=beta),
-        "margin DPO": dpo_loss(*args, beta=beta, offset=margin),
-        "cDPO": dpo_loss(*args, beta=beta, label_smoothing=label_smoothing),
-    }
+@dataclass(frozen=True)
+class LossCurve:
+    """One loss at one setting: ``value`` and ``grad`` (dL/dh) at ``h``, the curves over ``h_grid``, and
+    ``stops_at``, the smallest h of the grid's range where dL/dh >= 0 (None: it pushes h up everywhere)."""
+
+    label: str
+    units: str
+    beta: float
+    h: float
+    value: float
+    grad: float
+    h_grid: tuple
+    values: tuple
+    grads: tuple
+    stops_at: float | None
+
+    @property
+    def push(self) -> str:
+        return "pushes h up" if self.grad < 0 else ("pushes h down" if self.grad > 0 else "no push")
 
 
 @dataclass(frozen=True)
 class MarginLossState:
-    """Everything the margin explorer shows for one setting of its sliders.
+    """The explorer at one setting of its sliders: ``curves[label]`` for every drawn loss, and the sliders."""
 
-    ``values[name]`` and ``grads[name]`` are the loss and ``dL/dh`` at ``h``; ``curve_values[name]``
-    and ``curve_grads[name]`` the same over ``h_grid``. ``ipo_target = 1/(2 beta)`` is where IPO's
-    gradient changes sign; ``hinge_corner = 1/beta`` where the hinge's gradient becomes 0;
-    ``margin_midpoint = margin/beta`` where margin DPO's loss is log 2.
-    """
-
-    h: float
-    beta: float
-    margin: float
+    h: dict
+    beta: dict
+    offset: float
     label_smoothing: float
-    values: dict
-    grads: dict
-    h_grid: tuple
-    curve_values: dict
-    curve_grads: dict
-    ipo_target: float
-    hinge_corner: float
-    margin_midpoint: float
+    curves: dict
 
-    def grad_sign(self, name: str) -> str:
-        """ "pushes h up" (dL/dh < 0), "pushes h down" (> 0) or "no push" (exactly 0)."""
-        g = self.grads[name]
-        return "pushes h up" if g < 0 else ("pushes h down" if g > 0 else "no push")
+
+def _losses_at(spec: LossSpec, h: torch.Tensor, beta: float, options: dict) -> torch.Tensor:
+    """``spec``'s per-pair losses at margins h (N,): the chosen log-ratio is h, the rest 0 (None if reference-free)."""
+    zeros = torch.zeros_like(h)
+    ref = zeros if spec.needs_reference else None
+    return spec(h, zeros, ref, ref, beta=beta, **options)
+
+
+def _grad(spec: LossSpec, h: torch.Tensor, beta: float, options: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    h = h.detach().requires_grad_(True)
+    values = _losses_at(spec, h, beta, options)
+    (grads,) = torch.autograd.grad(values.sum(), h)  # per-pair losses: d(sum)/dh_i = dL_i/dh_i
+    return values.detach(), grads + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def push_stops_at(spec, *, beta: float, h_range=H_RANGES["summed"], n_grid: int = 401, **options) -> float | None:
+    """The smallest h in ``h_range`` where ``dL/dh >= 0``: where the loss stops pushing the margin up.
+
+    Found on a grid, then by 40 bisections of the gradient's sign (so it is exact to ~1e-10 of the range):
+    1/(2 tau) for IPO, 1/beta for the hinge, log((1-eps)/eps)/beta for cDPO, None for DPO. ``spec``: a name,
+    spec or loss function (see :func:`course_lib.maths.losses.loss_spec`).
+    """
+    spec = loss_spec(spec)
+    grid = torch.linspace(*h_range, n_grid, dtype=torch.float64)
+    stopped = (_grad(spec, grid, beta, options)[1] >= 0).nonzero()
+    if not len(stopped):
+        return None
+    k = int(stopped[0])
+    if k == 0:
+        return float(grid[0])
+    low, high = float(grid[k - 1]), float(grid[k])
+    for _ in range(40):
+        mid = 0.5 * (low + high)
+        if _grad(spec, torch.tensor([mid], dtype=torch.float64), beta, options)[1].item() >= 0:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def _variants(name: str, spec: LossSpec, offset: float, label_smoothing: float) -> dict[str, dict]:
+    """The drawn settings of one loss: plain, and with each of offset / label_smoothing that its function takes."""
+    keywords = inspect.signature(spec.fn).parameters
+    variants = {name: {}}
+    if "offset" in keywords:
+        variants[f"{name}, offset m"] = {"offset": offset}
+    if "label_smoothing" in keywords:
+        variants[f"{name}, flip rate eps"] = {"label_smoothing": label_smoothing}
+    return variants
 
 
 def margin_losses_state(
-    h: float,
-    *,
-    beta: float,
-    margin: float = 1.0,
-    label_smoothing: float = 0.1,
-    h_range: tuple[float, float] = H_RANGE,
-    n_grid: int = 201,
+    h: dict, beta: dict, *, offset: float = 1.0, label_smoothing: float = 0.1, losses=None, n_grid: int = 201
 ) -> MarginLossState:
-    """Every pairwise loss and its gradient ``dL/dh`` at one margin ``h`` and over a grid.
-
-    DPO ``-logsigmoid(beta h)`` (Rafailov et al. 2023, Eq. 7); IPO ``(h - 1/(2 beta))**2`` (Azar et al.
-    2023, Eq. 17); hinge ``max(0, 1 - beta h)``; margin DPO ``-logsigmoid(beta h - m)``; cDPO
-    ``-(1-eps) logsigmoid(beta h) - eps logsigmoid(-beta h)``. All from :mod:`course_lib.maths.losses`, with
-    gradients by autograd in float64. ``beta`` is IPO's tau.
+    """Every loss of ``losses`` (default: all of ``PAIRWISE_LOSSES``) at the margin and beta of its units.
 
     Args:
-        h: the margin (difference of log-ratios) at which to read values and gradients.
-        beta: > 0.
-        margin: m, margin DPO's offset.
-        label_smoothing: eps in [0, 0.5), cDPO's label-flip rate.
-        h_range, n_grid: the grid of the curves.
-
-    Returns:
-        A :class:`MarginLossState`.
+        h, beta: ``{"summed": ..., "averaged": ...}``: the margin and beta (tau) of each unit's row; a loss
+            reads the entry of its units (``spec.average_logps``).
+        offset: m, for the losses whose function takes ``offset`` (DPO's: ``-logsigmoid(beta h - m)``).
+        label_smoothing: eps in [0, 0.5), for the losses that take ``label_smoothing`` (cDPO).
+        losses: registry names (or specs) to draw. n_grid: points of each curve over ``H_RANGES``.
     """
-    h = float(h)
-    if h != h:
-        raise ValueError("h must be a number, got nan")
-    point = torch.tensor([h], dtype=torch.float64, requires_grad=True)  # (1,)
-    grid = torch.linspace(h_range[0], h_range[1], n_grid, dtype=torch.float64, requires_grad=True)  # (N,)
-    at_point = _pairwise_losses(point, beta=beta, margin=margin, label_smoothing=label_smoothing)
-    on_grid = _pairwise_losses(grid, beta=beta, margin=margin, label_smoothing=label_smoothing)
-    values, grads, curve_values, curve_grads = {}, {}, {}, {}
-    for name in LOSS_NAMES:
-        (g_point,) = torch.autograd.grad(at_point[name].sum(), point)
-        (g_grid,) = torch.autograd.grad(on_grid[name].sum(), grid)  # losses are per pair: d(sum)/dh_i = dL_i/dh_i
-        values[name] = float(at_point[name].detach())
-        grads[name] = float(g_point) + 0.0  # + 0.0 turns -0.0 into 0.0
-        curve_values[name] = tuple(on_grid[name].detach().tolist())
-        curve_grads[name] = tuple(g_grid.tolist())
-    return MarginLossState(
-        h=h,
-        beta=float(beta),
-        margin=float(margin),
-        label_smoothing=float(label_smoothing),
-        values=values,
-        grads=grads,
-        h_grid=tuple(grid.detach().tolist()),
-        curve_values=curve_values,
-        curve_grads=curve_grads,
-        ipo_target=1.0 / (2.0 * beta),
-        hinge_corner=1.0 / beta,
-        margin_midpoint=margin / beta,
-    )
+    curves = {}
+    for name in losses or PAIRWISE_LOSSES:
+        spec = loss_spec(name)
+        units = "averaged" if spec.average_logps else "summed"
+        at = float(h[units])
+        if at != at:
+            raise ValueError(f"h[{units!r}] must be a number, got nan")
+        grid = torch.linspace(*H_RANGES[units], n_grid, dtype=torch.float64)
+        for label, options in _variants(spec.name, spec, offset, label_smoothing).items():
+            point_value, point_grad = _grad(spec, torch.tensor([at], dtype=torch.float64), beta[units], options)
+            values, grads = _grad(spec, grid, beta[units], options)
+            stops = push_stops_at(spec, beta=beta[units], h_range=H_RANGES[units], **options)
+            curves[label] = LossCurve(
+                label, units, float(beta[units]), at, point_value.item(), point_grad.item(),
+                tuple(grid.tolist()), tuple(values.tolist()), tuple(grads.tolist()), stops,
+            )  # fmt: skip
+    return MarginLossState(dict(h), dict(beta), float(offset), float(label_smoothing), curves)
 
 
-def margin_readout_text(state: MarginLossState, *, digits: int = 3) -> str:
-    """The readout as plain text: each loss's value and gradient at h, and IPO's sign change."""
-    lines = [
-        f"h = {state.h:+.2f}, beta (tau) = {state.beta:.3g}, m = {state.margin:.3g}, eps = {state.label_smoothing:.3g}",
-        "loss          value     dL/dh    effect",
+def _rows(state: MarginLossState) -> list[list]:
+    def stop(c):
+        return "never (in range)" if c.stops_at is None else f"{c.stops_at:.3f}"
+
+    return [
+        [c.label, c.units, f"{c.beta:.3g}", f"{c.value:.3f}", f"{c.grad:+.3f}", c.push, stop(c)]
+        for c in state.curves.values()
     ]
-    for name in LOSS_NAMES:
-        lines.append(
-            f"{name:<11} {state.values[name]:8.{digits}f}  {state.grads[name]:+8.{digits}f}    {state.grad_sign(name)}"
-        )
-    lines.append(
-        f"IPO's gradient changes sign at h = 1/(2 tau) = {state.ipo_target:.3g}; "
-        f"the hinge's is 0 from h = 1/tau = {state.hinge_corner:.3g}; DPO's is < 0 for every h."
-    )
-    return "\n".join(lines)
 
 
-def margin_readout_html(state: MarginLossState, *, digits: int = 3) -> str:
-    """The same content as :func:`margin_readout_text`, as an HTML table for an ``HTML`` widget."""
-    cell = 'style="padding:1px 10px;text-align:right"'
-    rows = "".join(
-        f'<tr><td style="padding:1px 10px;color:{LOSS_COLOURS[name]}"><b>{html.escape(name)}</b></td>'
-        f"<td {cell}>{state.values[name]:.{digits}f}</td><td {cell}>{state.grads[name]:+.{digits}f}</td>"
-        f"<td {cell}>{state.grad_sign(name)}</td></tr>"
-        for name in LOSS_NAMES
+HEADER = ["loss", "log-probs", "beta", "L", "dL/dh", "at this h", "stops pushing h up at"]
+
+
+def margin_readout_text(state: MarginLossState) -> str:
+    """Each loss's units, beta, value, gradient and where it stops pushing, then the units warning."""
+    settings = ", ".join(f"h {u} = {state.h[u]:+.2f}" for u in UNITS if u in state.h)
+    return f"{settings}; m = {state.offset:g}, eps = {state.label_smoothing:g}\n" + "\n".join(
+        [text_table(HEADER, _rows(state)), NOT_COMPARABLE]
     )
-    return (
-        f"<p>h = {state.h:+.2f}, &tau; = {state.beta:.3g}, m = {state.margin:.3g}, "
-        f"&epsilon; = {state.label_smoothing:.3g}</p>"
-        f"<table><tr><th>loss</th><th>value</th><th>dL/dh</th><th></th></tr>{rows}</table>"
-        f"<p>IPO's gradient changes sign at <b>h = 1/(2&tau;) = {state.ipo_target:.3g}</b>; the hinge's is 0 "
-        f"from h = 1/&tau; = {state.hinge_corner:.3g}; DPO's is negative for every h (it never stops pushing).</p>"
-    )
+
+
+def margin_readout_html(state: MarginLossState) -> str:
+    """The same as :func:`margin_readout_text`, as HTML."""
+    return f"{html_table(HEADER, _rows(state))}<p><b>Not comparable across rows.</b> {NOT_COMPARABLE}</p>"
 
 
 class MarginLossFigure(BlitFigure):
-    """Loss (left) and gradient dL/dh (right) against h, built once and updated in place.
+    """One row per unit (summed, averaged): the losses against h (left) and dL/dh (right), dots at the current h.
 
-    The axes have fixed limits (``LOSS_YLIM``, ``GRAD_YLIM``), so that only the curves, the markers
-    at the current h and the vertical guides move; a redraw blits those (under 100 ms on CPU).
-    IPO's parabola leaves the frame for small tau: read its value in the table.
+    Dashed: a loss with offset m or flip rate eps. Dotted vertical lines: where each loss stops pushing h up.
+    The axes' limits are fixed, so a redraw only moves the curves, dots and lines.
     """
 
-    def __init__(self, *, names: tuple[str, ...] = LOSS_NAMES, h_range=H_RANGE, figsize=(9.0, 3.2), dpi: int = 80):
+    def __init__(self, state: MarginLossState, *, figsize=(9.0, 5.2), dpi: int = 80):
         super().__init__(figsize=figsize, dpi=dpi)
-        self.names = names
-        self.ax_loss, self.ax_grad = self.fig.subplots(1, 2)
-        self.curves, self.grad_curves, self.points, self.grad_points = {}, {}, {}, {}
-        for name in names:
-            colour = LOSS_COLOURS[name]
-            style = dict(color=colour, lw=1.6, ls="--" if name in ("margin DPO", "cDPO") else "-")
-            self.curves[name] = self.ax_loss.plot([], [], label=name, **style)[0]
-            self.grad_curves[name] = self.ax_grad.plot([], [], **style)[0]
-            self.points[name] = self.ax_loss.plot([], [], "o", color=colour, ms=6)[0]
-            self.grad_points[name] = self.ax_grad.plot([], [], "o", color=colour, ms=6)[0]
-        self.guides = [ax.axvline(0.0, color="tab:orange", lw=1, ls=":") for ax in (self.ax_loss, self.ax_grad)]
-        self.h_lines = [ax.axvline(0.0, color="k", lw=0.8, alpha=0.5) for ax in (self.ax_loss, self.ax_grad)]
-        self.ax_grad.axhline(0.0, color="k", lw=0.8)
-        for ax, ylim, ylabel in ((self.ax_loss, LOSS_YLIM, "loss"), (self.ax_grad, GRAD_YLIM, "dL/dh")):
-            ax.set_xlim(*h_range)
-            ax.set_ylim(*ylim)
-            ax.set_xlabel("margin h (difference of log-ratios)")
-            ax.set_ylabel(ylabel)
-        self.ax_loss.legend(loc="upper right", fontsize=8)
-        self.ax_loss.set_title("loss against h (dot: the current h)", fontsize=9)
-        self.ax_grad.set_title("dL/dh; IPO's changes sign at h = 1/(2 tau) (dotted)", fontsize=9)
-        self.fig.tight_layout()
-        self.freeze(
-            [
-                *self.curves.values(),
-                *self.grad_curves.values(),
-                *self.points.values(),
-                *self.grad_points.values(),
-                *self.guides,
-                *self.h_lines,
-            ]
-        )
+        units = [u for u in UNITS if any(c.units == u for c in state.curves.values())]
+        axes = self.fig.subplots(len(units), 2, squeeze=False)
+        self.axes = {u: axes[i] for i, u in enumerate(units)}
+        self.artists = {}
+        for i, curve in enumerate(state.curves.values()):
+            ax_loss, ax_grad = self.axes[curve.units]
+            style = dict(color=f"C{i}", lw=1.6, ls="--" if "," in curve.label else "-")
+            self.artists[curve.label] = (
+                ax_loss.plot([], [], label=curve.label, **style)[0],
+                ax_grad.plot([], [], **style)[0],
+                ax_loss.plot([], [], "o", color=f"C{i}")[0],
+                ax_grad.plot([], [], "o", color=f"C{i}")[0],
+                ax_grad.axvline(0, color=f"C{i}", ls=":", lw=1),
+            )
+        for unit, (ax_loss, ax_grad) in self.axes.items():
+            ax_grad.axhline(0.0, color="k", lw=0.8)
+            for ax, ylabel in ((ax_loss, "loss L"), (ax_grad, "dL/dh")):
+                ax.set(xlim=H_RANGES[unit], xlabel=f"margin h, {unit} log-probs (nats)", ylabel=ylabel)
+            ax_loss.set_ylim(0.0, 5.0)
+            ax_loss.legend(loc="upper right", fontsize=7, title=f"{unit} log-probs", title_fontsize=7)
+        first = self.axes[units[0]]
+        first[0].set_title("loss against h (dot: the current h)", fontsize=9)
+        first[1].set_title("dL/dh (dotted: where the push stops)", fontsize=9)
+        self.freeze([a for group in self.artists.values() for a in group])
 
     def update(self, state: MarginLossState) -> None:
-        """Moves every artist to show ``state``."""
-        for name in self.names:
-            self.curves[name].set_data(state.h_grid, state.curve_values[name])
-            self.grad_curves[name].set_data(state.h_grid, state.curve_grads[name])
-            self.points[name].set_data([state.h], [state.values[name]])
-            self.grad_points[name].set_data([state.h], [state.grads[name]])
-        for line in self.guides:
-            line.set_xdata([state.ipo_target, state.ipo_target])
-        for line in self.h_lines:
-            line.set_xdata([state.h, state.h])
+        for label, (curve, grad_curve, dot, grad_dot, stop) in self.artists.items():
+            c = state.curves[label]
+            curve.set_data(c.h_grid, c.values)
+            grad_curve.set_data(c.h_grid, c.grads)
+            dot.set_data([c.h], [c.value])
+            grad_dot.set_data([c.h], [c.grad])
+            stop.set_visible(c.stops_at is not None)
+            stop.set_xdata([c.stops_at or 0.0] * 2)
+        for unit, (_, ax_grad) in self.axes.items():
+            self.fit_ylim(ax_grad, max(max(map(abs, c.grads)) for c in state.curves.values() if c.units == unit))
 
 
 def plot_margin_losses(state: MarginLossState):
     """A static figure of one state of the margin explorer; returns the matplotlib Figure."""
-    figure = MarginLossFigure()
+    figure = MarginLossFigure(state)
     figure.update(state)
     return figure.static()
 
 
 def build_margin_widget(
-    *,
-    beta: float = 0.5,
-    h: float = 1.5,
-    margin: float = 1.0,
-    label_smoothing: float = 0.1,
-    names: tuple[str, ...] = LOSS_NAMES,
-):
-    """Builds the margin explorer: sliders for tau (beta), h, margin m and label-flip rate eps.
+    *, h=None, beta=None, offset: float = 1.0, label_smoothing: float = 0.1, losses=None
+):  # fmt: skip
+    """The margin explorer: per unit a beta (tau) and an h slider, plus the offset m and the flip rate eps.
 
-    Returns an ``ipywidgets.VBox`` with extra attributes: ``beta_slider``, ``h_slider``,
-    ``margin_slider``, ``eps_slider``, ``readout`` (HTML), ``image`` (PNG), ``state`` (the latest
-    :class:`MarginLossState`) and ``redraw_ms`` (the latest redraw: callback + readout + figure).
+    ``h`` and ``beta``: ``{"summed": ..., "averaged": ...}`` start values (default h 10 and 1.5, beta 0.1
+    and 0.5). Returns an ``ipywidgets.VBox`` with ``h_sliders``, ``beta_sliders`` (dicts by unit),
+    ``offset_slider``, ``eps_slider``, ``readout``, ``image``, ``state`` and ``redraw_ms``.
     """
     import ipywidgets as widgets
 
-    layout = widgets.Layout(width="330px")
-    beta_slider = widgets.FloatLogSlider(
-        value=beta,
-        base=10,
-        min=-1.3,
-        max=0.3,
-        step=0.01,
-        description="tau (beta)",
-        readout_format=".3f",
-        layout=layout,
-        style={"description_width": "80px"},
-    )
-    h_slider = widgets.FloatSlider(
-        value=h,
-        min=H_RANGE[0],
-        max=H_RANGE[1],
-        step=0.05,
-        description="h",
-        readout_format=".2f",
-        layout=layout,
-        style={"description_width": "80px"},
-    )
-    margin_slider = widgets.FloatSlider(
-        value=margin,
-        min=0.0,
-        max=3.0,
-        step=0.05,
-        description="margin m",
-        readout_format=".2f",
-        layout=layout,
-        style={"description_width": "80px"},
-    )
-    eps_slider = widgets.FloatSlider(
-        value=label_smoothing,
-        min=0.0,
-        max=0.45,
-        step=0.01,
-        description="cDPO eps",
-        readout_format=".2f",
-        layout=layout,
-        style={"description_width": "80px"},
-    )
-    readout = widgets.HTML()
-    image = widgets.Image(format="png")
-    figure = MarginLossFigure(names=names)
-    box = widgets.VBox(
-        [
-            widgets.HBox([widgets.VBox([beta_slider, h_slider]), widgets.VBox([margin_slider, eps_slider])]),
-            image,
-            readout,
-        ]
-    )
+    h = {"summed": 10.0, "averaged": 1.5, **(h or {})}
+    beta = {"summed": 0.1, "averaged": 0.5, **(beta or {})}
+    h_sliders = {u: slider("FloatSlider", f"h ({u})", h[u], min=H_RANGES[u][0], max=H_RANGES[u][1], step=0.05)
+                 for u in UNITS}  # fmt: skip
+    beta_sliders = {u: slider("FloatLogSlider", f"beta ({u})", beta[u], min=BETA_SLIDERS[u][0],
+                              max=BETA_SLIDERS[u][1], step=0.01, readout_format=".3f") for u in UNITS}  # fmt: skip
+    offset_slider = slider("FloatSlider", "offset m", offset, min=0.0, max=3.0, step=0.05)
+    eps_slider = slider("FloatSlider", "flip rate eps", label_smoothing, min=0.0, max=0.45, step=0.01)
 
-    def redraw(_change=None):
-        start = time.perf_counter()
-        state = margin_losses_state(
-            h_slider.value, beta=beta_slider.value, margin=margin_slider.value, label_smoothing=eps_slider.value
+    def compute():
+        return margin_losses_state(
+            {u: s.value for u, s in h_sliders.items()},
+            {u: s.value for u, s in beta_sliders.items()},
+            offset=offset_slider.value,
+            label_smoothing=eps_slider.value,
+            losses=losses,
         )
-        readout.value = margin_readout_html(state)
-        figure.update(state)
-        image.value = figure.png()
-        box.state = state
-        box.redraw_ms = 1000.0 * (time.perf_counter() - start)
 
-    for slider in (beta_slider, h_slider, margin_slider, eps_slider):
-        slider.observe(redraw, names="value")
-    box.beta_slider, box.h_slider, box.margin_slider, box.eps_slider = beta_slider, h_slider, margin_slider, eps_slider
-    box.readout, box.image, box.figure = readout, image, figure
-    redraw()
+    columns = [widgets.VBox([beta_sliders[u], h_sliders[u]]) for u in UNITS]
+    controls = [widgets.HBox([*columns, widgets.VBox([offset_slider, eps_slider])])]
+    sliders = [*h_sliders.values(), *beta_sliders.values(), offset_slider, eps_slider]
+    box = explorer(controls, sliders, compute, MarginLossFigure(compute()), margin_readout_html)
+    box.h_sliders, box.beta_sliders, box.offset_slider, box.eps_slider = (
+        h_sliders,
+        beta_sliders,
+        offset_slider,
+        eps_slider,
+    )
     return box
