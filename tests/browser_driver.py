@@ -293,18 +293,3 @@ class LabPage:
         for _ in range(times):
             handle.press(key)
             time.sleep(0.1)
-
-
-def strip_outputs(src: Path, dst: Path) -> None:
-    """Copy a notebook without its outputs, execution counts and stored widget state, so that every output
-    seen in the browser comes from this run."""
-    import nbformat
-
-    nb = nbformat.read(src, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-    nb.metadata.pop("widgets", None)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, dst)

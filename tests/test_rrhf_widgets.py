@@ -109,9 +109,9 @@ def test_widget_redraws_when_any_slider_moves():
     for slider, value in zip(box.score_sliders, (-0.3, -0.9, -1.7, -2.2)):
         slider.value = value
     assert box.state.rank_loss == 0.0 and box.state.n_violated == 0
-    table, image = box.table.value, bytes(box.image.value)
+    table, image = box.readout.value, bytes(box.image.value)
     box.reward_sliders[3].value = 5  # y4 becomes the best
-    assert box.state.best == 3 and box.state.rank_loss > 0 and box.table.value != table
+    assert box.state.best == 3 and box.state.rank_loss > 0 and box.readout.value != table
     box.length_sliders[3].value = 12
     assert box.state.lengths[3] == 12 and box.state.sft_loss == pytest.approx(2.2 * 12)
     box.sft_weight_slider.value = 0.0

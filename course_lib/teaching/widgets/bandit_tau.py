@@ -135,9 +135,7 @@ def build_bandit_widget(sweep: dict, *, beta: float | None = None):
     def readout(state):
         return f"<pre>{html.escape(bandit_readout_text(state))}</pre>"
 
-    box = explorer([beta_slider], [beta_slider], compute, BanditTauFigure(compute()), readout)
-    box.beta_slider = beta_slider
-    return box
+    return explorer([beta_slider], [beta_slider], compute, BanditTauFigure(compute()), readout, beta_slider=beta_slider)
 
 
 def plot_bandit_grid(sweep: dict, betas, *, figsize=None):

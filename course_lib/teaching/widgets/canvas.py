@@ -74,18 +74,24 @@ def slider(kind: str, description: str, value, **options):
     return getattr(widgets, kind)(value=value, description=description, style=style, **options)
 
 
-def explorer(rows: list, sliders: list, compute, figure: BlitFigure, readout_html):
-    """An ``ipywidgets.VBox``: ``rows`` of controls, the figure's PNG and an HTML readout, redrawn on every slider.
+def sliders(kind: str, name: str, values, **options) -> list:
+    """One slider per value, described ``name`` with ``{i}`` replaced by 1, 2, ..."""
+    return [slider(kind, name.format(i=i + 1), value, **options) for i, value in enumerate(values)]
 
-    ``compute()`` returns the state from the sliders' values; ``figure.update(state)`` and
-    ``readout_html(state)`` show it. The box keeps ``state``, ``image``, ``readout``, ``figure`` and
-    ``redraw_ms`` (the latest redraw: compute, readout and figure).
+
+def explorer(rows: list, controls: list, compute, figure: BlitFigure, readout_html, **attributes):
+    """An ``ipywidgets.VBox``: ``rows`` of controls, the figure's PNG and an HTML readout, redrawn on every control.
+
+    ``compute()`` returns the state from the controls' values; ``figure.update(state)`` and
+    ``readout_html(state)`` show it. The box keeps ``attributes``, ``state``, ``image``, ``readout``, ``figure``
+    and ``redraw_ms`` (the latest redraw: compute, readout and figure).
     """
     import ipywidgets as widgets
 
     image, readout = widgets.Image(format="png"), widgets.HTML()
     box = widgets.VBox([*rows, image, readout])
-    box.image, box.readout, box.figure = image, readout, figure
+    for name, value in dict(attributes, image=image, readout=readout, figure=figure).items():
+        setattr(box, name, value)
 
     def redraw(_change=None) -> None:
         start = time.perf_counter()
@@ -95,7 +101,7 @@ def explorer(rows: list, sliders: list, compute, figure: BlitFigure, readout_htm
         image.value = figure.png()
         box.redraw_ms = 1000.0 * (time.perf_counter() - start)
 
-    for control in sliders:
+    for control in controls:
         control.observe(redraw, names="value")
     redraw()
     return box

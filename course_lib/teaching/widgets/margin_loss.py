@@ -253,11 +253,7 @@ def build_margin_widget(
     columns = [widgets.VBox([beta_sliders[u], h_sliders[u]]) for u in UNITS]
     controls = [widgets.HBox([*columns, widgets.VBox([offset_slider, eps_slider])])]
     sliders = [*h_sliders.values(), *beta_sliders.values(), offset_slider, eps_slider]
-    box = explorer(controls, sliders, compute, MarginLossFigure(compute()), margin_readout_html)
-    box.h_sliders, box.beta_sliders, box.offset_slider, box.eps_slider = (
-        h_sliders,
-        beta_sliders,
-        offset_slider,
-        eps_slider,
-    )
-    return box
+    return explorer(
+        controls, sliders, compute, MarginLossFigure(compute()), margin_readout_html, h_sliders=h_sliders,
+        beta_sliders=beta_sliders, offset_slider=offset_slider, eps_slider=eps_slider,
+    )  # fmt: skip

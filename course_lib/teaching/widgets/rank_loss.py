@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from ...maths.losses import rrhf_loss_terms
-from .canvas import BlitFigure, explorer, html_table, slider, text_table
+from .canvas import BlitFigure, explorer, html_table, slider, sliders, text_table
 
 DEFAULT_SCORES: tuple[float, ...] = (-1.4, -0.9, -1.1, -0.5)
 DEFAULT_REWARDS: tuple[int, ...] = (3, 2, 1, 0)
 DEFAULT_LENGTHS: tuple[int, ...] = (4, 6, 3, 8)
-SCORE_RANGE, REWARD_RANGE, LENGTH_RANGE, SFT_WEIGHT_RANGE = (-3.0, 0.0), (0, 5), (1, 12), (0.0, 3.0)
+SCORE_RANGE, REWARD_RANGE, LENGTH_RANGE = (-3.0, 0.0), (0, 5), (1, 12)
 STATUS_COLOURS = {"violated": "#fde0dd", "ordered": "#e5f5e0", "tie": "#f0f0f0"}
 
 
@@ -121,40 +121,44 @@ def _name(i: int, state: RankLossState | None = None) -> str:
     return f"y{i + 1}" + (" (best)" if state is not None and i == state.best else "")
 
 
-def _tables(state: RankLossState) -> tuple[list, list, list, list, str]:
-    pair_header = ["pair (worse, better)", "p_i - p_j", "max(0, p_i - p_j)", "status"]
-    pair_rows = [
-        [f"{_name(r.worse)} {'=' if r.status == 'tie' else '<'} {_name(r.better)}", f"{r.gap:+.2f}",
-         f"{r.hinge:.2f}", r.status]
+def _pair_rows(state: RankLossState) -> list[list]:
+    return [
+        [f"{_name(r.worse)} {'=' if r.status == 'tie' else '<'} {_name(r.better)}", f"{r.gap:+.2f}", f"{r.hinge:.2f}"]
+        + [r.status]
         for r in state.pairs
-    ]  # fmt: skip
-    cand_header = ["candidate", "reward", "p_i", "|y_i|", "logp_i", "dL_rank/dlogp", "lambda dL_ft/dlogp"]
-    cand_rows = [
-        [_name(i, state), f"{state.rewards[i]:g}", f"{state.scores[i]:+.2f}", f"{state.lengths[i]:g}",
-         f"{state.logps[i]:+.2f}", f"{state.grad_rank[i]:+.3f}", f"{state.grad_sft[i]:+.3f}"]
-        for i in range(len(state.scores))
-    ]  # fmt: skip
-    summary = (
+    ]
+
+
+def _candidate_rows(state: RankLossState) -> list[list]:
+    numbers = zip(state.rewards, state.scores, state.lengths, state.logps, state.grad_rank, state.grad_sft)
+    return [
+        [_name(i, state), f"{r:g}", f"{p:+.2f}", f"{n:g}", f"{logp:+.2f}", f"{g_rank:+.3f}", f"{g_sft:+.3f}"]
+        for i, (r, p, n, logp, g_rank, g_sft) in enumerate(numbers)
+    ]
+
+
+PAIR_HEADER = ["pair (worse, better)", "p_i - p_j", "max(0, p_i - p_j)", "status"]
+CANDIDATE_HEADER = ["candidate", "reward", "p_i", "|y_i|", "logp_i", "dL_rank/dlogp", "lambda dL_ft/dlogp"]
+
+
+def _summary(state: RankLossState) -> str:
+    return (
         f"L_rank = {state.rank_loss:.2f} from {state.n_violated} violated pair(s); L_ft = {state.sft_loss:.2f} "
         f"(on {_name(state.best)}); L = L_rank + {state.sft_weight:g} L_ft = {state.loss:.2f}"
     )
-    return [pair_header, pair_rows], [cand_header, cand_rows], pair_rows, cand_rows, summary
 
 
 def pairs_table_text(state: RankLossState) -> str:
-    """The pair table, the candidates' gradients and the loss, as plain text."""
-    pairs, candidates, *_, summary = _tables(state)
-    return "\n".join([text_table(*pairs), summary, text_table(*candidates)])
+    """The pair table, the loss, and each candidate's gradients, as plain text."""
+    pairs, candidates = text_table(PAIR_HEADER, _pair_rows(state)), text_table(CANDIDATE_HEADER, _candidate_rows(state))
+    return "\n".join([pairs, _summary(state), candidates])
 
 
 def pairs_table_html(state: RankLossState) -> str:
     """The same as :func:`pairs_table_text`, as HTML (pairs coloured by status)."""
-    pairs, candidates, *_, summary = _tables(state)
-    colours = [STATUS_COLOURS[r.status] for r in state.pairs]
-    return (
-        f'<div style="display:flex;gap:24px">{html_table(*pairs, colours)}{html_table(*candidates)}</div>'
-        f"<p><b>{summary}</b></p>"
-    )
+    pairs = html_table(PAIR_HEADER, _pair_rows(state), [STATUS_COLOURS[r.status] for r in state.pairs])
+    candidates = html_table(CANDIDATE_HEADER, _candidate_rows(state))
+    return f'<div style="display:flex;gap:24px">{pairs}{candidates}</div><p><b>{_summary(state)}</b></p>'
 
 
 class RankLossFigure(BlitFigure):
@@ -214,7 +218,7 @@ def build_rank_loss_widget(scores=DEFAULT_SCORES, rewards=DEFAULT_REWARDS, lengt
     """The rank-loss explorer: K sliders each for the scores, rewards and lengths, and one for lambda.
 
     Returns an ``ipywidgets.VBox`` with ``score_sliders``, ``reward_sliders``, ``length_sliders``,
-    ``sft_weight_slider``, ``readout`` (also ``table``: the HTML tables), ``image``, ``state`` and ``redraw_ms``.
+    ``sft_weight_slider``, ``readout`` (the HTML tables), ``image``, ``state`` and ``redraw_ms``.
     """
     import ipywidgets as widgets
 
@@ -223,27 +227,20 @@ def build_rank_loss_widget(scores=DEFAULT_SCORES, rewards=DEFAULT_REWARDS, lengt
         raise ValueError(
             f"scores, rewards and lengths must have the same length, got {k}, {len(rewards)}, {len(lengths)}"
         )
-    score_sliders = [slider("FloatSlider", f"p_{i + 1}", float(s), min=SCORE_RANGE[0], max=SCORE_RANGE[1], step=0.05)
-                     for i, s in enumerate(scores)]  # fmt: skip
-    reward_sliders = [slider("IntSlider", f"r_{i + 1}", int(r), min=REWARD_RANGE[0], max=REWARD_RANGE[1])
-                      for i, r in enumerate(rewards)]  # fmt: skip
-    length_sliders = [slider("IntSlider", f"|y_{i + 1}|", int(n), min=LENGTH_RANGE[0], max=LENGTH_RANGE[1])
-                      for i, n in enumerate(lengths)]  # fmt: skip
-    sft_weight_slider = slider(
-        "FloatSlider", "lambda (sft_weight)", sft_weight, min=0.0, max=SFT_WEIGHT_RANGE[1], step=0.05
-    )
+    score_sliders = sliders("FloatSlider", "p_{i}", scores, min=SCORE_RANGE[0], max=SCORE_RANGE[1], step=0.05)
+    reward_sliders = sliders("IntSlider", "r_{i}", rewards, min=REWARD_RANGE[0], max=REWARD_RANGE[1])
+    length_sliders = sliders("IntSlider", "|y_{i}|", lengths, min=LENGTH_RANGE[0], max=LENGTH_RANGE[1])
+    sft_weight_slider = slider("FloatSlider", "lambda (sft_weight)", sft_weight, min=0.0, max=3.0, step=0.05)
 
     def compute():
         values = [[s.value for s in group] for group in (score_sliders, reward_sliders, length_sliders)]
         return rank_loss_state(*values, sft_weight=sft_weight_slider.value)
 
-    columns = [("scores p_i", score_sliders), ("rewards r_i (order only)", reward_sliders), ("lengths", length_sliders)]
-    controls = [
-        widgets.HBox([widgets.VBox([widgets.Label(title), *group]) for title, group in columns]),
-        sft_weight_slider,
-    ]
-    sliders = [*score_sliders, *reward_sliders, *length_sliders, sft_weight_slider]
-    box = explorer(controls, sliders, compute, RankLossFigure(k), pairs_table_html)
-    box.score_sliders, box.reward_sliders, box.length_sliders = score_sliders, reward_sliders, length_sliders
-    box.sft_weight_slider, box.table = sft_weight_slider, box.readout
-    return box
+    titles = ("scores p_i", "rewards r_i (order only)", "lengths")
+    columns = zip(titles, (score_sliders, reward_sliders, length_sliders))
+    rows = [widgets.HBox([widgets.VBox([widgets.Label(t), *group]) for t, group in columns]), sft_weight_slider]
+    controls = [*score_sliders, *reward_sliders, *length_sliders, sft_weight_slider]
+    return explorer(
+        rows, controls, compute, RankLossFigure(k), pairs_table_html, score_sliders=score_sliders,
+        reward_sliders=reward_sliders, length_sliders=length_sliders, sft_weight_slider=sft_weight_slider,
+    )  # fmt: skip
