@@ -2,9 +2,12 @@
 
 A number a run produces depends on the machine's floating-point rounding (CPU model, thread count, GPU)
 and on the seed (``COURSE_SEED``), so the notebooks never compare it digit for digit. They state the claim
-it supports as a bound, ``claim("DPO's margin keeps growing", late / early, above=1.4)``, which holds on
-every machine and for every seed, with a tolerance calibrated by ``scripts/calibrate_claims.py`` over
-several seeds (the smallest margin each claim held by is written to ``notebooks/CLAIMS.md``).
+it supports as a bound, ``claim("DPO's margin keeps growing", late / early, above=1.4)``, which must hold on
+every machine and for every seed. ``scripts/calibrate_claims.py`` (``make calibrate``) measures each claim's
+figure over at least ``MIN_DRAWS`` draws (seeds under two roundings) and writes to ``notebooks/CLAIMS.md``
+its mean, standard deviation, range and ``claim_z``. The rule a claim must meet: ``z >= Z_MIN`` and a bound
+outside the observed range (``tests/test_claims_calibrated.py``). If the figure were normal, z >= 4 leaves a
+chance of 3e-5 that one more draw (another machine, another seed) breaks the bound.
 
 With ``$COURSE_CLAIMS_LOG`` set, every claim appends one JSON line to that file (statement, value, bounds,
 margin); with ``$COURSE_CLAIMS_CALIBRATE=1`` too, a claim that fails is recorded and does not raise, so
@@ -16,9 +19,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
+from collections.abc import Sequence
 
 LOG_VARIABLE = "COURSE_CLAIMS_LOG"
 CALIBRATE_VARIABLE = "COURSE_CLAIMS_CALIBRATE"
+
+# The rule every claim of the chapter meets in notebooks/CLAIMS.md (tests/test_claims_calibrated.py).
+Z_MIN = 4.0  # standard deviations between the figure's mean and its bound
+MIN_DRAWS = 16  # seeds x roundings a claim is calibrated over
+MAX_CLAIMS = 60  # claim() calls in the whole chapter: fewer, stronger claims
 
 
 class ClaimError(AssertionError):
@@ -36,6 +46,56 @@ def claim_margin(value: float, *, above: float | None = None, below: float | Non
     if below is not None:
         margins.append(below - value)
     return min(margins) if margins else math.inf
+
+
+def _per_value(bound: float | Sequence[float], count: int, name: str) -> list[float]:
+    """``bound`` as one float per figure: a number is repeated, a sequence must have one entry per figure."""
+    if isinstance(bound, int | float):
+        return [float(bound)] * count
+    bounds = [float(b) for b in bound]
+    if len(bounds) != count:
+        raise ValueError(f"{name} must be a number or one bound per value: got {len(bounds)} for {count} values")
+    return bounds
+
+
+def claim_z(
+    values: Sequence[float],
+    *,
+    above: float | Sequence[float] | None = None,
+    below: float | Sequence[float] | None = None,
+) -> float:
+    """How many standard deviations a claim's figures keep from its bound, over several draws.
+
+    For each bound, the distances ``d_i = value_i - above`` (or ``below - value_i``), and
+    ``z = mean(d) / std(d)`` (sample standard deviation, n - 1); with both bounds, the smaller z. A bound
+    that differs from draw to draw is given as one entry per value. Negative when the mean lies beyond
+    the bound; ``inf`` when the figure does not move and keeps inside (``-inf`` when it does not move
+    and fails); ``-inf`` when a figure is not finite.
+
+    Args:
+        values: the claim's figure in each draw, at least 2.
+        above, below: the bounds, as ``claim`` takes them (a number, or one per value); at least one.
+    """
+    values = [float(v) for v in values]
+    if len(values) < 2:
+        raise ValueError(f"values: need at least 2 figures for a standard deviation, got {len(values)}")
+    if above is None and below is None:
+        raise ValueError("give a bound, above= or below=")
+    if not all(math.isfinite(v) for v in values):
+        return -math.inf
+    sides = []
+    if above is not None:
+        sides.append([v - a for v, a in zip(values, _per_value(above, len(values), "above"))])
+    if below is not None:
+        sides.append([b - v for v, b in zip(values, _per_value(below, len(values), "below"))])
+    zs = []
+    for distances in sides:
+        mean, spread = statistics.fmean(distances), statistics.stdev(distances)
+        if spread > 0:
+            zs.append(mean / spread)
+        else:
+            zs.append(math.inf if mean > 0 else -math.inf)
+    return min(zs)
 
 
 def claim(statement: str, value, *, above: float | None = None, below: float | None = None) -> None:
