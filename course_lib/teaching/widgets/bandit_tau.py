@@ -7,7 +7,6 @@ reference), the exact KL (:mod:`course_lib.maths.bandit`) and IPO's closed-form 
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import torch
@@ -75,48 +74,34 @@ def bandit_readout_text(state: BanditTauState) -> str:
     return "\n".join(lines)
 
 
-def _draw_panel(ax, state: BanditTauState, loss: str, *, animated: bool = False) -> list:
-    """pi(a), pi(b), pi(c) of ``loss`` over steps: mean, 95% band, IPO's optimum (dashed). Returns the artists."""
-    steps, artists = state.steps.tolist(), []
+def _draw_panel(ax, state: BanditTauState, loss: str) -> None:
+    """pi(a), pi(b), pi(c) of ``loss`` over steps: mean, 95% band, and IPO's optimum (dashed)."""
+    steps = state.steps.tolist()
     for a, colour in enumerate(ACTION_COLOURS):
         mean, low, high = (v[loss][:, a].tolist() for v in (state.mean, state.low, state.high))
-        artists += ax.plot(steps, mean, color=colour, lw=1.5, label="abc"[a], animated=animated)
-        artists.append(ax.fill_between(steps, low, high, color=colour, alpha=0.25, lw=0, animated=animated))
-        artists.append(ax.axhline(float(state.ipo_optimum[a]), color=colour, ls="--", lw=1, animated=animated))
-    ax.set(xlim=(0, steps[-1]), ylim=(-0.02, 1.02), xlabel="step", xticks=[round(steps[-1] * i / 3) for i in range(4)])
+        ax.plot(steps, mean, color=colour, lw=1.5, label="abc"[a])
+        ax.fill_between(steps, low, high, color=colour, alpha=0.25, lw=0)
+        ax.axhline(float(state.ipo_optimum[a]), color=colour, ls="--", lw=1)
     ax.plot([], [], color="0.4", ls="--", lw=1, label="IPO optimum")
-    return artists
+    ax.set(xlim=(0, steps[-1]), ylim=(-0.02, 1.02), xlabel="step", xticks=[round(steps[-1] * i / 3) for i in range(4)])
+    ax.set_title(f"{loss.upper()}, tau = {state.beta:g}", fontsize=9)
 
 
 class BanditTauFigure(BlitFigure):
-    """Action probabilities over steps, one panel per loss, IPO's optimum dashed; ``update`` swaps the curves."""
+    """One panel per loss, redrawn whole at each tau (a slider of a few values: no blitting needed)."""
 
-    def __init__(self, state: BanditTauState, *, figsize=(9.0, 3.0), dpi: int = 80):
+    def __init__(self, *, figsize=(9.0, 3.0), dpi: int = 80):
         super().__init__(figsize=figsize, dpi=dpi)
-        self.axes = dict(zip(state.mean, self.fig.subplots(1, len(state.mean), sharey=True, squeeze=False)[0]))
-        self.artists = {loss: _draw_panel(ax, state, loss, animated=True) for loss, ax in self.axes.items()}
-        for loss, ax in self.axes.items():
-            ax.set_title(f"{loss.upper()}: mean and 95% interval over seeds", fontsize=9)
-        first = next(iter(self.axes.values()))
-        first.set_ylabel("pi(action)")
-        first.legend(loc="center right", fontsize=7, title="action", title_fontsize=7)
-        self.freeze([a for group in self.artists.values() for a in group])
 
     def update(self, state: BanditTauState) -> None:
-        steps = state.steps.tolist()
-        for loss, artists in self.artists.items():
-            for a in range(len(ACTION_COLOURS)):
-                line, band, optimum = artists[3 * a : 3 * a + 3]
-                line.set_data(steps, state.mean[loss][:, a].tolist())
-                band.set_data(steps, state.low[loss][:, a].tolist(), state.high[loss][:, a].tolist())
-                optimum.set_ydata([float(state.ipo_optimum[a])] * 2)
-
-
-def plot_bandit_tau(state: BanditTauState):
-    """A static figure of :class:`BanditTauFigure` at one tau; returns the matplotlib Figure."""
-    figure = BanditTauFigure(state)
-    figure.update(state)
-    return figure.static()
+        self.fig.clear()
+        self.fig.set_layout_engine("constrained")
+        axes = self.fig.subplots(1, len(state.mean), sharey=True, squeeze=False)[0]
+        for ax, loss in zip(axes, state.mean):
+            _draw_panel(ax, state, loss)
+        axes[0].set_ylabel("pi(action)")
+        axes[0].legend(loc="center right", fontsize=7, title="action", title_fontsize=7)
+        self.freeze([])
 
 
 def build_bandit_widget(sweep: dict, *, beta: float | None = None):
@@ -132,10 +117,9 @@ def build_bandit_widget(sweep: dict, *, beta: float | None = None):
     def compute():
         return bandit_tau_state(sweep, beta_slider.value)
 
-    def readout(state):
-        return f"<pre>{html.escape(bandit_readout_text(state))}</pre>"
-
-    return explorer([beta_slider], [beta_slider], compute, BanditTauFigure(compute()), readout, beta_slider=beta_slider)
+    return explorer(
+        [beta_slider], [beta_slider], compute, BanditTauFigure(), bandit_readout_text, beta_slider=beta_slider
+    )
 
 
 def plot_bandit_grid(sweep: dict, betas, *, figsize=None):
@@ -149,7 +133,6 @@ def plot_bandit_grid(sweep: dict, betas, *, figsize=None):
         state = bandit_tau_state(sweep, beta)
         for row, loss in enumerate(losses):
             _draw_panel(axes[row][col], state, loss)
-            axes[row][col].set_title(f"{loss.upper()}, tau = {beta:g}", fontsize=9)
     for row in axes:
         row[0].set_ylabel("pi(action)")
     axes[0][0].legend(fontsize=7, title="action", title_fontsize=7, loc="center right")

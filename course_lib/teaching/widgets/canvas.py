@@ -79,12 +79,12 @@ def sliders(kind: str, name: str, values, **options) -> list:
     return [slider(kind, name.format(i=i + 1), value, **options) for i, value in enumerate(values)]
 
 
-def explorer(rows: list, controls: list, compute, figure: BlitFigure, readout_html, **attributes):
-    """An ``ipywidgets.VBox``: ``rows`` of controls, the figure's PNG and an HTML readout, redrawn on every control.
+def explorer(rows: list, controls: list, compute, figure: BlitFigure, readout_text, **attributes):
+    """An ``ipywidgets.VBox``: ``rows`` of controls, the figure's PNG and a text readout, redrawn on every control.
 
-    ``compute()`` returns the state from the controls' values; ``figure.update(state)`` and
-    ``readout_html(state)`` show it. The box keeps ``attributes``, ``state``, ``image``, ``readout``, ``figure``
-    and ``redraw_ms`` (the latest redraw: compute, readout and figure).
+    ``compute()`` returns the state from the controls' values; ``figure.update(state)`` and ``readout_text(state)``
+    (an HTML widget's ``<pre>``) show it. The box keeps ``attributes``, ``state``, ``image``, ``readout``,
+    ``figure`` and ``redraw_ms`` (the latest redraw: compute, readout and figure).
     """
     import ipywidgets as widgets
 
@@ -96,7 +96,7 @@ def explorer(rows: list, controls: list, compute, figure: BlitFigure, readout_ht
     def redraw(_change=None) -> None:
         start = time.perf_counter()
         box.state = compute()
-        readout.value = readout_html(box.state)
+        readout.value = f"<pre>{html.escape(readout_text(box.state))}</pre>"
         figure.update(box.state)
         image.value = figure.png()
         box.redraw_ms = 1000.0 * (time.perf_counter() - start)
@@ -108,21 +108,10 @@ def explorer(rows: list, controls: list, compute, figure: BlitFigure, readout_ht
 
 
 def text_table(header: list[str], rows: list[list]) -> str:
-    """Rows as plain text in right-aligned columns (first column left-aligned)."""
+    """Rows as plain text in right-aligned columns (the first left-aligned)."""
     cells = [[str(c) for c in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
         for row in cells
     )
-
-
-def html_table(header: list[str], rows: list[list], colours: list[str] | None = None) -> str:
-    """The same rows as an HTML table; ``colours`` gives each row's background."""
-    cell = '<td style="padding:1px 8px;text-align:right">{}</td>'
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        f'<tr style="background:{colour}">' + "".join(cell.format(html.escape(str(c))) for c in row) + "</tr>"
-        for row, colour in zip(rows, colours or ["none"] * len(rows))
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"

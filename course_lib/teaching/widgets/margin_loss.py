@@ -1,12 +1,10 @@
 """The margin explorer (notebook 18.2): every pairwise loss of the registry against its margin h, in its own units.
 
-``h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]`` (the policy's log-probs alone for a
-reference-free loss). Which losses, and whether each sees summed or length-averaged log-probs, is read from
-:data:`course_lib.maths.losses.PAIRWISE_LOSSES`; a loss whose function takes ``offset`` or ``label_smoothing``
-is also drawn with the explorer's offset m or flip rate eps. The two units are not comparable: h summed over
-tokens is n times h averaged only when both responses have n tokens, and a beta on one is not a beta on the
-other. So each unit has its own row, its own h and its own beta (tau). Values and gradients ``dL/dh`` come
-from the library's losses and autograd in float64.
+``h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]`` (policy log-probs alone for a
+reference-free loss). The losses, and whether each sees summed or averaged log-probs, come from
+:data:`course_lib.maths.losses.PAIRWISE_LOSSES`; a loss whose function takes ``offset`` or ``label_smoothing`` is
+also drawn with the offset m or flip rate eps. Summed and averaged h are not comparable, so each unit has its own
+row, h and beta (tau). Values and gradients dL/dh come from the library's losses and autograd in float64.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ...maths.losses import PAIRWISE_LOSSES, LossSpec, loss_spec
-from .canvas import BlitFigure, explorer, html_table, slider, text_table
+from .canvas import BlitFigure, explorer, slider, text_table
 
 UNITS = ("summed", "averaged")
 H_RANGES = {"summed": (-20.0, 60.0), "averaged": (-2.0, 6.0)}
@@ -60,16 +58,12 @@ class MarginLossState:
     curves: dict
 
 
-def _losses_at(spec: LossSpec, h: torch.Tensor, beta: float, options: dict) -> torch.Tensor:
-    """``spec``'s per-pair losses at margins h (N,): the chosen log-ratio is h, the rest 0 (None if reference-free)."""
+def _grad(spec: LossSpec, h: torch.Tensor, beta: float, options: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``spec``'s losses and dL/dh at margins h (N,): the chosen log-ratio is h, the rest 0 (None if reference-free)."""
+    h = h.detach().requires_grad_(True)
     zeros = torch.zeros_like(h)
     ref = zeros if spec.needs_reference else None
-    return spec(h, zeros, ref, ref, beta=beta, **options)
-
-
-def _grad(spec: LossSpec, h: torch.Tensor, beta: float, options: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    h = h.detach().requires_grad_(True)
-    values = _losses_at(spec, h, beta, options)
+    values = spec(h, zeros, ref, ref, beta=beta, **options)  # (N,)
     (grads,) = torch.autograd.grad(values.sum(), h)  # per-pair losses: d(sum)/dh_i = dL_i/dh_i
     return values.detach(), grads + 0.0  # + 0.0 turns -0.0 into 0.0
 
@@ -131,22 +125,21 @@ def margin_losses_state(
             raise ValueError(f"h[{units!r}] must be a number, got nan")
         grid = torch.linspace(*H_RANGES[units], n_grid, dtype=torch.float64)
         for label, options in _variants(spec.name, spec, offset, label_smoothing).items():
-            point_value, point_grad = _grad(spec, torch.tensor([at], dtype=torch.float64), beta[units], options)
-            values, grads = _grad(spec, grid, beta[units], options)
+            values, grads = _grad(
+                spec, torch.cat([torch.tensor([at], dtype=torch.float64), grid]), beta[units], options
+            )
             stops = push_stops_at(spec, beta=beta[units], h_range=H_RANGES[units], **options)
             curves[label] = LossCurve(
-                label, units, float(beta[units]), at, point_value.item(), point_grad.item(),
-                tuple(grid.tolist()), tuple(values.tolist()), tuple(grads.tolist()), stops,
+                label, units, float(beta[units]), at, values[0].item(), grads[0].item(),
+                tuple(grid.tolist()), tuple(values[1:].tolist()), tuple(grads[1:].tolist()), stops,
             )  # fmt: skip
     return MarginLossState(dict(h), dict(beta), float(offset), float(label_smoothing), curves)
 
 
 def _rows(state: MarginLossState) -> list[list]:
-    def stop(c):
-        return "never (in range)" if c.stops_at is None else f"{c.stops_at:.3f}"
-
     return [
-        [c.label, c.units, f"{c.beta:.3g}", f"{c.value:.3f}", f"{c.grad:+.3f}", c.push, stop(c)]
+        [c.label, c.units, f"{c.beta:.3g}", f"{c.value:.3f}", f"{c.grad:+.3f}", c.push]
+        + ["never (in range)" if c.stops_at is None else f"{c.stops_at:.3f}"]
         for c in state.curves.values()
     ]
 
@@ -162,17 +155,9 @@ def margin_readout_text(state: MarginLossState) -> str:
     )
 
 
-def margin_readout_html(state: MarginLossState) -> str:
-    """The same as :func:`margin_readout_text`, as HTML."""
-    return f"{html_table(HEADER, _rows(state))}<p><b>Not comparable across rows.</b> {NOT_COMPARABLE}</p>"
-
-
 class MarginLossFigure(BlitFigure):
-    """One row per unit (summed, averaged): the losses against h (left) and dL/dh (right), dots at the current h.
-
-    Dashed: a loss with offset m or flip rate eps. Dotted vertical lines: where each loss stops pushing h up.
-    The axes' limits are fixed, so a redraw only moves the curves, dots and lines.
-    """
+    """One row per unit: the losses against h (left) and dL/dh (right), dots at the current h; dashed: with offset
+    m or flip rate eps; dotted vertical lines: where each loss stops pushing h up."""
 
     def __init__(self, state: MarginLossState, *, figsize=(9.0, 5.2), dpi: int = 80):
         super().__init__(figsize=figsize, dpi=dpi)
@@ -227,8 +212,8 @@ def build_margin_widget(
     """The margin explorer: per unit a beta (tau) and an h slider, plus the offset m and the flip rate eps.
 
     ``h`` and ``beta``: ``{"summed": ..., "averaged": ...}`` start values (default h 10 and 1.5, beta 0.1
-    and 0.5). Returns an ``ipywidgets.VBox`` with ``h_sliders``, ``beta_sliders`` (dicts by unit),
-    ``offset_slider``, ``eps_slider``, ``readout``, ``image``, ``state`` and ``redraw_ms``.
+    and 0.5). Returns an ``ipywidgets.VBox`` with ``h_sliders``, ``beta_sliders`` (dicts by unit), ``offset_slider``,
+    ``eps_slider``, ``readout`` (:func:`margin_readout_text`), ``image``, ``state`` and ``redraw_ms``.
     """
     import ipywidgets as widgets
 
@@ -254,6 +239,6 @@ def build_margin_widget(
     controls = [widgets.HBox([*columns, widgets.VBox([offset_slider, eps_slider])])]
     sliders = [*h_sliders.values(), *beta_sliders.values(), offset_slider, eps_slider]
     return explorer(
-        controls, sliders, compute, MarginLossFigure(compute()), margin_readout_html, h_sliders=h_sliders,
+        controls, sliders, compute, MarginLossFigure(compute()), margin_readout_text, h_sliders=h_sliders,
         beta_sliders=beta_sliders, offset_slider=offset_slider, eps_slider=eps_slider,
     )  # fmt: skip

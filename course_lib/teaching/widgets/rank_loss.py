@@ -1,11 +1,10 @@
 """The rank-loss explorer (notebook 18.1): RRHF on one prompt with K candidates (Yuan et al. 2023).
 
-The learner moves each candidate's score ``p_i`` (its length-normalised log-prob, Eq. 1), its reward, its
-length ``|y_i|`` and the SFT weight lambda. :func:`rank_loss_state` returns every pair (which ones add
-``max(0, p_i - p_j)``, Eq. 2), both terms of ``L = L_rank + lambda L_ft`` (Eq. 5) and the gradient each
-candidate's summed log-prob ``logp_i = |y_i| p_i`` receives: ``dL_rank/dlogp_i`` is the rank push divided by
-the length, ``lambda dL_ft/dlogp_best = -lambda``. All from :func:`course_lib.maths.losses.rrhf_loss_terms`
-and autograd in float64.
+The learner moves each candidate's score ``p_i`` (length-normalised log-prob, Eq. 1), reward and length
+``|y_i|``, and the SFT weight lambda. :func:`rank_loss_state` returns every pair (which add ``max(0, p_i - p_j)``,
+Eq. 2), both terms of ``L = L_rank + lambda L_ft`` (Eq. 5) and the gradient on each summed log-prob
+``logp_i = |y_i| p_i``: L_rank's is its push on p_i divided by the length, the SFT term's is -lambda on the best.
+From :func:`course_lib.maths.losses.rrhf_loss_terms` and autograd in float64.
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from ...maths.losses import rrhf_loss_terms
-from .canvas import BlitFigure, explorer, html_table, slider, sliders, text_table
+from .canvas import BlitFigure, explorer, slider, sliders, text_table
 
 DEFAULT_SCORES: tuple[float, ...] = (-1.4, -0.9, -1.1, -0.5)
 DEFAULT_REWARDS: tuple[int, ...] = (3, 2, 1, 0)
 DEFAULT_LENGTHS: tuple[int, ...] = (4, 6, 3, 8)
 SCORE_RANGE, REWARD_RANGE, LENGTH_RANGE = (-3.0, 0.0), (0, 5), (1, 12)
-STATUS_COLOURS = {"violated": "#fde0dd", "ordered": "#e5f5e0", "tie": "#f0f0f0"}
+STATUS_ORDER = ("violated", "ordered", "tie")
 
 
 @dataclass(frozen=True)
@@ -50,9 +49,12 @@ class RankLossState:
     best: int  # argmax of the rewards (the first on ties): the SFT term's target
     rank_loss: float
     sft_loss: float
-    loss: float  # rank_loss + sft_weight * sft_loss
     grad_rank: tuple  # dL_rank / dlogp_i
     grad_sft: tuple  # sft_weight * dL_ft / dlogp_i (only the best is non-zero)
+
+    @property
+    def loss(self) -> float:
+        return self.rank_loss + self.sft_weight * self.sft_loss
 
     @property
     def grad(self) -> tuple:
@@ -108,11 +110,10 @@ def rank_loss_state(candidate_scores, candidate_rewards, candidate_lengths=DEFAU
     (grad_rank,) = torch.autograd.grad(rank.sum(), logps, retain_graph=True)
     (grad_sft,) = torch.autograd.grad(sft.sum(), logps)
     pairs = [_pair(a, b, scores, rewards) for a, b in itertools.combinations(range(k), 2)]
-    pairs.sort(key=lambda r: (list(STATUS_COLOURS).index(r.status), -r.hinge, r.worse, r.better))
+    pairs.sort(key=lambda r: (STATUS_ORDER.index(r.status), -r.hinge, r.worse, r.better))
     return RankLossState(
-        scores, rewards, tuple(int(n) if n == int(n) else n for n in lengths), float(sft_weight),
-        tuple(logps[0].tolist()), tuple(pairs), max(range(k), key=lambda i: (rewards[i], -i)),
-        rank.item(), sft.item(), rank.item() + float(sft_weight) * sft.item(),
+        scores, rewards, lengths, float(sft_weight), tuple(logps[0].tolist()), tuple(pairs),
+        max(range(k), key=lambda i: (rewards[i], -i)), rank.item(), sft.item(),
         tuple((grad_rank[0] + 0.0).tolist()), tuple((float(sft_weight) * grad_sft[0] + 0.0).tolist()),
     )  # fmt: skip
 
@@ -149,16 +150,9 @@ def _summary(state: RankLossState) -> str:
 
 
 def pairs_table_text(state: RankLossState) -> str:
-    """The pair table, the loss, and each candidate's gradients, as plain text."""
+    """The pair table (violated pairs first), the loss, and each candidate's gradients."""
     pairs, candidates = text_table(PAIR_HEADER, _pair_rows(state)), text_table(CANDIDATE_HEADER, _candidate_rows(state))
     return "\n".join([pairs, _summary(state), candidates])
-
-
-def pairs_table_html(state: RankLossState) -> str:
-    """The same as :func:`pairs_table_text`, as HTML (pairs coloured by status)."""
-    pairs = html_table(PAIR_HEADER, _pair_rows(state), [STATUS_COLOURS[r.status] for r in state.pairs])
-    candidates = html_table(CANDIDATE_HEADER, _candidate_rows(state))
-    return f'<div style="display:flex;gap:24px">{pairs}{candidates}</div><p><b>{_summary(state)}</b></p>'
 
 
 class RankLossFigure(BlitFigure):
@@ -218,7 +212,7 @@ def build_rank_loss_widget(scores=DEFAULT_SCORES, rewards=DEFAULT_REWARDS, lengt
     """The rank-loss explorer: K sliders each for the scores, rewards and lengths, and one for lambda.
 
     Returns an ``ipywidgets.VBox`` with ``score_sliders``, ``reward_sliders``, ``length_sliders``,
-    ``sft_weight_slider``, ``readout`` (the HTML tables), ``image``, ``state`` and ``redraw_ms``.
+    ``sft_weight_slider``, ``readout`` (:func:`pairs_table_text`), ``image``, ``state`` and ``redraw_ms``.
     """
     import ipywidgets as widgets
 
@@ -241,6 +235,6 @@ def build_rank_loss_widget(scores=DEFAULT_SCORES, rewards=DEFAULT_REWARDS, lengt
     rows = [widgets.HBox([widgets.VBox([widgets.Label(t), *group]) for t, group in columns]), sft_weight_slider]
     controls = [*score_sliders, *reward_sliders, *length_sliders, sft_weight_slider]
     return explorer(
-        rows, controls, compute, RankLossFigure(k), pairs_table_html, score_sliders=score_sliders,
+        rows, controls, compute, RankLossFigure(k), pairs_table_text, score_sliders=score_sliders,
         reward_sliders=reward_sliders, length_sliders=length_sliders, sft_weight_slider=sft_weight_slider,
     )  # fmt: skip
