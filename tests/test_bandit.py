@@ -73,13 +73,6 @@ def test_sweep_equals_separate_runs():
                 torch.testing.assert_close(sweep[i, j, k], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_sweep_record_every_keeps_every_kth_policy():
-    full = train_bandit_sweep(D1, losses=["ipo"], betas=[0.5], seeds=[1], steps=60)
-    thinned = train_bandit_sweep(D1, losses=["ipo"], betas=[0.5], seeds=[1], steps=60, record_every=20)
-    assert thinned.shape == (1, 1, 1, 3, 3)
-    torch.testing.assert_close(thinned[0, 0, 0], full[0, 0, 0, 19::20])
-
-
 def test_callable_loss_and_non_uniform_reference():
     ref = [0.5, 0.3, 0.2]
 
@@ -177,8 +170,11 @@ def test_ipo_optimum_rejects_disconnected_and_bad_input():
         ipo_bandit_optimum(D1, beta=0.5, ref_probs=[0.5, 0.5, 0.5])
     with pytest.raises(ValueError, match="loss"):
         train_bandit(D1, loss="ppo", beta=0.5, steps=2)
-    with pytest.raises(ValueError, match="record_every"):
-        train_bandit_sweep(D1, losses=["ipo"], betas=[0.5], seeds=[0], steps=10, record_every=3)
+    for steps in ("10", 2.5, True):
+        with pytest.raises(TypeError, match="steps must be a whole number"):
+            train_bandit(D1, loss="ipo", beta=0.5, steps=steps)
+    with pytest.raises(ValueError, match="batch_size"):
+        train_bandit(D1, loss="ipo", beta=0.5, steps=2, batch_size=0)
 
 
 # ----------------------------------------------------------------------------- KL

@@ -556,7 +556,7 @@ def test_shape_mismatch_raises_naming_the_argument(fn, bad):
 def test_non_1d_raises_naming_the_argument(fn, bad, shape):
     tensors = [torch.zeros(3) for _ in range(4)]
     tensors[bad] = torch.zeros(shape)
-    with pytest.raises(ValueError, match=rf"{NAMES[bad]} must have shape \(B,\)"):
+    with pytest.raises(ValueError, match=rf"{NAMES[bad]} must be 1-D with shape \(B,\)"):
         call(fn, *tensors)
 
 
@@ -622,7 +622,7 @@ def test_rrhf_inputs_must_be_2d(bad):
     names = ("candidate_logps", "candidate_lengths", "candidate_rewards")
     inputs = list(rrhf_inputs())
     inputs[bad] = inputs[bad].flatten()
-    with pytest.raises(ValueError, match=rf"{names[bad]} must have shape \(B, K\)"):
+    with pytest.raises(ValueError, match=rf"{names[bad]} must be 2-D with shape \(B, K\)"):
         rrhf_loss(*inputs)
 
 

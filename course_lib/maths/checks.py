@@ -23,7 +23,7 @@ def check_tensor(name: str, value, shape: str, kind: str = "float") -> None:
         raise TypeError(f"{name} must hold {holds}, got dtype {value.dtype}")
     n_dims = len([dim for dim in shape.strip("()").split(",") if dim.strip()])  # "(B,)" -> 1, "(B, K)" -> 2
     if value.dim() != n_dims:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+        raise ValueError(f"{name} must be {n_dims}-D with shape {shape}, got {tuple(value.shape)}")
 
 
 def check_same_shape(**named: torch.Tensor) -> None:

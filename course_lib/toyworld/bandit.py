@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 
 from ..maths.bandit import bandit_ref_logps, check_preferences
-from ..maths.checks import check_positive
+from ..maths.checks import check_int, check_positive
 from ..maths.losses import PairwiseLoss, resolve_loss
+from .data import MANIFEST, data_dir, update_manifest, verify_if_listed
 
 #: The IPO paper's dataset D1 = {(a, b), (b, c), (a, c)} with a, b, c = 0, 1, 2: a total order a > b > c.
 D1 = ((0, 1), (1, 2), (0, 2))
-
-LossArg = str | PairwiseLoss
 
 
 def sample_pair_indices(n_pairs: int, *, steps: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -32,21 +31,20 @@ def sample_pair_indices(n_pairs: int, *, steps: int, batch_size: int, seed: int)
     One ``torch.Generator`` seeded with ``seed``: the same seed gives the same batches whatever else
     is trained alongside (which is what makes :func:`train_bandit_sweep` equal to separate runs).
     """
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(seed)
     return torch.randint(n_pairs, (steps, batch_size), generator=generator)
 
 
 def train_bandit_sweep(
     preferences: Sequence[tuple[int, int]],
     *,
-    losses: Sequence[LossArg],
+    losses: Sequence[str | PairwiseLoss],
     betas: Sequence[float],
     seeds: Sequence[int],
     steps: int = 18000,
     lr: float = 0.01,
     batch_size: int = 9,
     ref_probs=None,
-    record_every: int = 1,
 ) -> torch.Tensor:
     """Train every (loss, beta, seed) combination at once; the result equals separate runs.
 
@@ -63,51 +61,46 @@ def train_bandit_sweep(
         seeds: one run per seed.
         steps, lr, batch_size: Adam steps, its learning rate, pairs per mini-batch (Sec. 5.4: 18,000, 0.01, 9).
         ref_probs: (n,) reference probabilities; None means uniform over the actions in ``preferences``.
-        record_every: keep the policy after every ``record_every``-th update (``steps`` must be a multiple).
 
     Returns:
-        (len(losses), len(betas), len(seeds), steps // record_every, n) float32 probabilities; entry
-        ``[..., k, :]`` is the policy *after* update ``(k + 1) * record_every``, so ``[..., -1, :]`` is the
-        final policy. With ``record_every=1``, row t is the policy after update t + 1.
+        (len(losses), len(betas), len(seeds), steps, n) float32 probabilities; entry ``[..., t, :]`` is the
+        policy after update t + 1.
     """
     if not losses or not betas or not seeds:
         raise ValueError("losses, betas and seeds must each hold at least one value")
-    for beta in betas:
-        check_positive("beta", beta)
-    check_positive("lr", lr)
-    if int(steps) < 1 or int(batch_size) < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    if int(record_every) < 1 or int(steps) % int(record_every):
-        raise ValueError(f"record_every must be >= 1 and divide steps={steps}, got {record_every}")
-    loss_fns = [resolve_loss(loss) for loss in losses]
+    configs = [(resolve_loss(loss), check_positive("beta", beta)) for loss in losses for beta in betas]
+    seeds = [check_int("seed", seed) for seed in seeds]
+    steps, batch_size = check_int("steps", steps, minimum=1), check_int("batch_size", batch_size, minimum=1)
+    lr = check_positive("lr", lr)
     ref_n = None if ref_probs is None else torch.as_tensor(ref_probs).numel()
     winners, losers, n_actions = check_preferences(preferences, ref_n)
     ref_logps, n_actions = bandit_ref_logps(ref_probs, n_actions)  # (n,)
-
-    n_seeds = len(seeds)
-    groups = [(fn, float(beta)) for fn in loss_fns for beta in betas]  # one block of n_seeds rows each
-    n_configs = len(groups) * n_seeds
-    # pair indices per configuration: (C, steps, B); configuration order is (loss, beta, seed)
+    # pair indices per configuration, in (loss, beta, seed) order: (steps, C, B)
     per_seed = torch.stack(
         [sample_pair_indices(len(winners), steps=steps, batch_size=batch_size, seed=s) for s in seeds]
     )
-    pair_idx = per_seed.repeat(len(groups), 1, 1).transpose(0, 1)  # (steps, C, B)
-    winner_idx, loser_idx = winners[pair_idx], losers[pair_idx]  # (steps, C, B) action indices
-    # per step, each block of n_seeds configurations is a contiguous (n_seeds * B,) slice
-    ref_chosen_all = ref_logps[winner_idx].reshape(steps, -1)  # (steps, C * B)
-    ref_rejected_all = ref_logps[loser_idx].reshape(steps, -1)  # (steps, C * B)
-    block = n_seeds * batch_size
+    pair_idx = per_seed.repeat(len(configs), 1, 1).transpose(0, 1)
+    probs = _adam_on_theta(configs, winners[pair_idx], losers[pair_idx], ref_logps, lr)  # (steps, C, n)
+    return probs.transpose(0, 1).reshape(len(losses), len(betas), len(seeds), steps, n_actions)
 
+
+def _adam_on_theta(configs, winner_idx, loser_idx, ref_logps, lr: float) -> torch.Tensor:
+    """Adam on a (C, n) ``theta``, one block of rows per (loss, beta) in ``configs``; the policy after each
+    step, (steps, C, n). ``winner_idx``, ``loser_idx``: (steps, C, B) action indices of each step's pairs."""
+    steps, n_configs, batch_size = winner_idx.shape
+    block = n_configs // len(configs) * batch_size  # per step, each (loss, beta) is a contiguous slice
+    ref_chosen_all = ref_logps[winner_idx].reshape(steps, -1)  # (steps, C * B)
+    ref_rejected_all = ref_logps[loser_idx].reshape(steps, -1)
     theta = ref_logps.repeat(n_configs, 1).clone().requires_grad_(True)  # (C, n): pi = pi_ref at start
     optimizer = torch.optim.Adam([theta], lr=lr)
-    probs_over_steps = torch.empty(steps // record_every, n_configs, n_actions)
+    probs = torch.empty(steps, n_configs, len(ref_logps))
     for t in range(steps):
         # log pi = theta - logsumexp(theta), written out: the same as log_softmax, and cheaper on tiny tensors
         logps = theta - theta.logsumexp(-1, keepdim=True)  # (C, n)
         policy_chosen = logps.gather(1, winner_idx[t]).view(-1)  # (C * B,)
-        policy_rejected = logps.gather(1, loser_idx[t]).view(-1)  # (C * B,)
+        policy_rejected = logps.gather(1, loser_idx[t]).view(-1)
         total = 0.0
-        for g, (loss_fn, beta) in enumerate(groups):
+        for g, (loss_fn, beta) in enumerate(configs):
             rows = slice(g * block, (g + 1) * block)
             per_pair = loss_fn(
                 policy_chosen[rows],
@@ -120,17 +113,15 @@ def train_bandit_sweep(
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        if (t + 1) % record_every == 0:
-            with torch.no_grad():
-                probs_over_steps[(t + 1) // record_every - 1] = (theta - theta.logsumexp(-1, keepdim=True)).exp()
-    probs_over_steps = probs_over_steps.transpose(0, 1)  # (C, steps, n)
-    return probs_over_steps.reshape(len(loss_fns), len(betas), n_seeds, steps // record_every, n_actions)
+        with torch.no_grad():
+            probs[t] = (theta - theta.logsumexp(-1, keepdim=True)).exp()
+    return probs
 
 
 def train_bandit(
     preferences: Sequence[tuple[int, int]],
     *,
-    loss: LossArg,
+    loss: str | PairwiseLoss,
     beta: float,
     steps: int = 18000,
     lr: float = 0.01,
@@ -164,7 +155,8 @@ def train_bandit(
 
 
 # ----------------------------------------------------------------------------- the stored D1 sweep
-#: What :func:`build_d1_sweep` trains: the Sec. 5.4 set-up on D1 for DPO and IPO over a grid of tau.
+#: What :func:`build_d1_sweep` trains: the Sec. 5.4 set-up on D1 for DPO and IPO over a grid of tau,
+#: keeping the policy after every ``record_every``-th update.
 D1_SWEEP = {
     "losses": ("dpo", "ipo"),
     "betas": (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
@@ -178,8 +170,6 @@ D1_SWEEP = {
 
 def d1_sweep_path() -> Path:
     """``<repo>/data/bandit/d1_sweep.pt`` (or under ``$COURSE_DATA_DIR``)."""
-    from .data import data_dir  # the data folder's single definition
-
     return data_dir() / "bandit" / "d1_sweep.pt"
 
 
@@ -190,27 +180,12 @@ def build_d1_sweep(path: str | Path | None = None) -> Path:
     Run ``python -m course_lib.build_data --d1-sweep`` to rebuild it; tests regenerate slices and compare.
     """
     path = Path(path) if path is not None else d1_sweep_path()
-    probs = train_bandit_sweep(
-        D1,
-        losses=D1_SWEEP["losses"],
-        betas=D1_SWEEP["betas"],
-        seeds=D1_SWEEP["seeds"],
-        steps=D1_SWEEP["steps"],
-        lr=D1_SWEEP["lr"],
-        batch_size=D1_SWEEP["batch_size"],
-        record_every=D1_SWEEP["record_every"],
-    )
+    settings = {key: value for key, value in D1_SWEEP.items() if key != "record_every"}
+    every = D1_SWEEP["record_every"]
+    probs = train_bandit_sweep(D1, **settings)[..., every - 1 :: every, :].contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in D1_SWEEP.items()},
-            "preferences": [list(p) for p in D1],
-            "probs": probs,
-        },
-        path,
-    )
-    from .data import MANIFEST, update_manifest
-
+    saved = {key: list(value) if isinstance(value, tuple) else value for key, value in D1_SWEEP.items()}
+    torch.save({**saved, "preferences": [list(p) for p in D1], "probs": probs}, path)
     folder = path.resolve().parent.parent  # <data>/bandit/d1_sweep.pt: keep <data>'s manifest in step
     if (folder / MANIFEST).is_file():
         update_manifest(folder, [path.resolve().relative_to(folder).as_posix()])
@@ -225,15 +200,10 @@ def load_d1_sweep(path: str | Path | None = None) -> dict:
     When the file is listed in the data folder's ``MANIFEST.sha256`` (the default path is), it is checked
     against it first: a changed or truncated file raises DataIntegrityError naming it; a file that
     cannot be read raises ValueError naming it."""
-    from .data import MANIFEST, read_manifest, verify_manifest
-
     path = Path(path) if path is not None else d1_sweep_path()
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; rebuild it with `python -m course_lib.build_data --d1-sweep`")
-    folder = path.resolve().parent.parent
-    rel = path.resolve().relative_to(folder).as_posix()
-    if (folder / MANIFEST).is_file() and rel in read_manifest(folder):
-        verify_manifest(folder, [rel])
+    verify_if_listed(path)
     try:
         sweep = torch.load(path, weights_only=True)
     except Exception as err:

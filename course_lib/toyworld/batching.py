@@ -9,8 +9,6 @@ Convention used by every chapter module::
 ``labels[:, t]`` is read from ``logits[:, t - 1]``, as Hugging Face models do.
 """
 
-from __future__ import annotations
-
 import weakref
 
 import torch
@@ -56,12 +54,12 @@ def encode_prompt(tokenizer, prompt, index: int = 0) -> list[int]:
     chat template with a generation prompt when it has one (a user turn holding ``prompt``, or the
     conversation itself), else plain ``tokenizer(prompt)`` ids.
     """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
     if isinstance(prompt, list):
         check_messages(prompt, f"prompt {index}")
-        if not getattr(tokenizer, "chat_template", None):
+        if not has_template:
             raise ValueError(f"prompt {index} is a conversation, but the tokenizer has no chat template")
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return _chat_ids(tokenizer, prompt)
     if not isinstance(prompt, str):
         raise TypeError(
             f"prompt {index} must be a string or a list of {{'role', 'content'}} messages, "
@@ -71,13 +69,15 @@ def encode_prompt(tokenizer, prompt, index: int = 0) -> list[int]:
         return _word_ids(_words_only(tokenizer), prompt, "prompt", index)
     if not prompt.strip():
         raise ValueError(f"prompt {index} is empty: {prompt!r}")
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        return list(ids)
+    if has_template:
+        return _chat_ids(tokenizer, [{"role": "user", "content": prompt}])
     return list(tokenizer(prompt)["input_ids"])
+
+
+def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The chat template's ids for ``messages``, ending with the generation prompt."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def check_messages(messages, what: str) -> None:

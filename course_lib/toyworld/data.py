@@ -14,13 +14,10 @@ The manifest lists every file, and the default loaders verify what they read aga
 (``load_preferences``, ``load_rankings``, ``load_sft_corpus``, ``models.load_model_and_tokenizer``,
 ``bandit.load_d1_sweep``).
 
-Continuations (``completion``, ``chosen``, ``rejected``, ``responses``) start
-with one space, as in TRL's documented format, because TRL joins
-``prompt + chosen`` as strings before tokenizing. Our own code splits on
-whitespace, so the space changes nothing there.
+Continuations (``completion``, ``chosen``, ``rejected``, ``responses``) start with one space, as in TRL's
+documented format, because TRL joins ``prompt + chosen`` as strings before tokenizing. Our own code splits
+on whitespace, so the space changes nothing there.
 """
-
-from __future__ import annotations
 
 import difflib
 import hashlib
@@ -31,7 +28,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from .task import VOCAB, true_reward
+from ..maths.checks import check_record
+from .task import MAX_POSITIONS, VOCAB, true_reward
 
 MANIFEST = "MANIFEST.sha256"
 SPLITS = ("train", "test")
@@ -50,10 +48,7 @@ def data_dir() -> Path:
     return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parents[2] / "data"
 
 
-DATA_DIR = data_dir()  # resolved once at import; call data_dir() to re-read the env var
-
-
-# ----------------------------------------------------------------------------- manifest
+# ----------------------------------------------------------------------------- files and the manifest
 def sha256_file(path: str | os.PathLike) -> str:
     """Computes the hex sha256 digest of a file's bytes."""
     digest = hashlib.sha256()
@@ -61,16 +56,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_manifest(folder: str | os.PathLike, files: list[str] | None = None) -> Path:
-    """Writes ``folder/MANIFEST.sha256`` with the sha256 of ``files`` (relative paths; default: every other file)."""
-    folder = Path(folder)
-    if files is None:
-        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST]
-    lines = [f"{sha256_file(folder / rel)}  {rel}\n" for rel in sorted(files)]
-    write_atomically(folder / MANIFEST, "".join(lines).encode("utf-8"))
-    return folder / MANIFEST
 
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> Path:
@@ -87,18 +72,30 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(temporary, path)
     except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
+        Path(temporary).unlink(missing_ok=True)
         raise
     return path
 
 
+def write_manifest(folder: str | os.PathLike, files: list[str] | None = None) -> Path:
+    """Writes ``folder/MANIFEST.sha256`` with the sha256 of ``files`` (relative paths; default: every other file)."""
+    folder = Path(folder)
+    if files is None:
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST]
+    lines = [f"{sha256_file(folder / rel)}  {rel}\n" for rel in sorted(files)]
+    return write_atomically(folder / MANIFEST, "".join(lines).encode("utf-8"))
+
+
+def update_manifest(folder: str | os.PathLike, files: list[str]) -> Path:
+    """Add or refresh the entries of ``files`` (relative paths) in ``folder``'s manifest, keeping the others."""
+    folder = Path(folder)
+    listed = set(read_manifest(folder)) if (folder / MANIFEST).is_file() else set()
+    return write_manifest(folder, sorted(listed | set(files)))
+
+
 def read_manifest(folder: str | os.PathLike | None = None) -> dict[str, str]:
     """``{relative path: sha256}`` from ``folder/MANIFEST.sha256``; DataIntegrityError if missing or malformed."""
-    folder = Path(folder) if folder is not None else data_dir()
-    manifest = folder / MANIFEST
+    manifest = (Path(folder) if folder is not None else data_dir()) / MANIFEST
     if not manifest.is_file():
         raise DataIntegrityError(f"{manifest} is missing, so the data cannot be verified. {REBUILD_HINT}")
     expected = {}
@@ -110,28 +107,51 @@ def read_manifest(folder: str | os.PathLike | None = None) -> dict[str, str]:
     return expected
 
 
-def update_manifest(folder: str | os.PathLike, files: list[str]) -> Path:
-    """Add or refresh the entries of ``files`` (relative paths) in ``folder``'s manifest, keeping the others."""
-    folder = Path(folder)
-    listed = set(read_manifest(folder)) if (folder / MANIFEST).is_file() else set()
-    return write_manifest(folder, sorted(listed | set(files)))
+def verify_manifest(folder: str | os.PathLike | None = None, files: list[str] | None = None) -> None:
+    """Checks files of ``folder`` against its MANIFEST.sha256; raises DataIntegrityError on any mismatch.
 
-
-def verify_tree(folder: str | os.PathLike, rel_dir: str) -> None:
-    """Check every file under ``folder/rel_dir`` against ``folder``'s manifest: none changed, none missing,
-    none unlisted (a stray file there could change what loads). Raises DataIntegrityError naming the file."""
-    folder = Path(folder)
+    ``files`` (paths relative to ``folder``) restricts the check; by default every listed file is checked.
+    """
+    folder = Path(folder) if folder is not None else data_dir()
     expected = read_manifest(folder)
-    listed = sorted(rel for rel in expected if rel.startswith(rel_dir.rstrip("/") + "/"))
+    for rel in files if files is not None else sorted(expected):
+        path = folder / rel
+        if rel not in expected:
+            raise DataIntegrityError(f"{path} is not listed in {folder / MANIFEST}. {REBUILD_HINT}")
+        if not path.is_file():
+            raise DataIntegrityError(f"{path} is missing (listed in {folder / MANIFEST}). {REBUILD_HINT}")
+        actual = sha256_file(path)
+        if actual != expected[rel]:
+            raise DataIntegrityError(
+                f"{path} has changed or is truncated: its sha256 is {actual[:12]}..., the manifest expects "
+                f"{expected[rel][:12]}... ({path.stat().st_size} bytes now). {REBUILD_HINT}"
+            )
+
+
+def verify_if_listed(path: str | os.PathLike) -> None:
+    """Check a file or folder against the first MANIFEST.sha256 above it, when that manifest lists it.
+
+    A folder must hold exactly its listed files (a stray file could change what loads). Raises
+    DataIntegrityError naming a changed, truncated, missing or unlisted file; does nothing outside a manifest.
+    """
+    path = Path(path).resolve()
+    folder = next((parent for parent in path.parents if (parent / MANIFEST).is_file()), None)
+    if folder is None:
+        return
+    rel, expected = path.relative_to(folder).as_posix(), read_manifest(folder)
+    if rel in expected:
+        return verify_manifest(folder, [rel])
+    listed = sorted(name for name in expected if name.startswith(rel + "/"))
     if not listed:
-        raise DataIntegrityError(f"{folder / MANIFEST} lists no file under {rel_dir}/. {REBUILD_HINT}")
-    present = {p.relative_to(folder).as_posix() for p in (folder / rel_dir).rglob("*") if p.is_file()}
+        return
+    present = {p.relative_to(folder).as_posix() for p in path.rglob("*") if p.is_file()}
     unlisted = sorted(present - set(listed))
     if unlisted:
         raise DataIntegrityError(f"{folder / unlisted[0]} is not listed in {folder / MANIFEST}. {REBUILD_HINT}")
     verify_manifest(folder, listed)
 
 
+# ----------------------------------------------------------------------------- local paths and hub ids
 #: What a hub id looks like: ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``).
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
@@ -144,11 +164,8 @@ def local_path_or_hub_id(name_or_path: str | os.PathLike, what: str) -> Path | s
     an existing local folder (``data/reference_modl`` is a typo, not a hub repository). A local name that
     does not exist raises FileNotFoundError at once (no network lookup, no retries), naming ``what``.
     """
-    if isinstance(name_or_path, Path):
-        path, text = name_or_path.expanduser(), str(name_or_path)
-    else:
-        text = os.fspath(name_or_path)
-        path = Path(text).expanduser()
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
     if path.exists():
         return path
     first = text.split("/", 1)[0]
@@ -162,41 +179,24 @@ def local_path_or_hub_id(name_or_path: str | os.PathLike, what: str) -> Path | s
     )
     if not local:
         return text
+    raise _not_found(what, name_or_path)
+
+
+def _not_found(what: str, name_or_path) -> FileNotFoundError:
+    """The error for a local path that does not exist, with the closest existing name beside it."""
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser().absolute()
     hint = ""
-    if path.absolute().parent.is_dir():  # a typo next to what was meant? ("data/reference_modl")
-        siblings = [p.name for p in path.absolute().parent.iterdir() if not p.name.startswith(".")]
+    if path.parent.is_dir():  # a typo next to what was meant? ("data/reference_modl")
+        siblings = [p.name for p in path.parent.iterdir() if not p.name.startswith(".")]
         close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.75)
         hint = f"; did you mean {str(Path(text).parent / close[0])!r}?" if close else ""
-    raise FileNotFoundError(
-        f"{what} {text!r}: no such file or folder ({path.absolute()} does not exist{hint}). "
-        "A hub id looks like 'owner/name'."
+    return FileNotFoundError(
+        f"{what} {text!r}: no such file or folder ({path} does not exist{hint}). A hub id looks like 'owner/name'."
     )
 
 
-def verify_manifest(folder: str | os.PathLike | None = None, files: list[str] | None = None) -> None:
-    """Checks files of ``folder`` against its MANIFEST.sha256; raises DataIntegrityError on any mismatch.
-
-    ``files`` (paths relative to ``folder``) restricts the check; by default
-    every listed file is checked.
-    """
-    folder = Path(folder) if folder is not None else data_dir()
-    manifest = folder / MANIFEST
-    expected = read_manifest(folder)
-    for rel in files if files is not None else sorted(expected):
-        path = folder / rel
-        if rel not in expected:
-            raise DataIntegrityError(f"{path} is not listed in {manifest}. {REBUILD_HINT}")
-        if not path.is_file():
-            raise DataIntegrityError(f"{path} is missing (listed in {manifest}). {REBUILD_HINT}")
-        actual = sha256_file(path)
-        if actual != expected[rel]:
-            raise DataIntegrityError(
-                f"{path} has changed or is truncated: its sha256 is {actual[:12]}..., the manifest expects "
-                f"{expected[rel][:12]}... ({path.stat().st_size} bytes now). {REBUILD_HINT}"
-            )
-
-
-# ----------------------------------------------------------------------------- validation
+# ----------------------------------------------------------------------------- reading records
 def read_jsonl(path: str | os.PathLike, *, hint: str = REBUILD_HINT) -> list[tuple[int, dict]]:
     """Reads a JSON-lines file into ``[(line_number, record)]``; raises ValueError naming file and line
     (malformed JSON, a line that is not an object, text that is not UTF-8, a file with no record)."""
@@ -207,14 +207,12 @@ def read_jsonl(path: str | os.PathLike, *, hint: str = REBUILD_HINT) -> list[tup
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                record = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e:
                 raise ValueError(
                     f"{path}, line {n}: not UTF-8 text (byte {raw[e.start : e.start + 1]!r} at column {e.start + 1}); "
                     "save the file as UTF-8"
                 ) from None
-            try:
-                record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}, line {n}: malformed JSON ({e.msg}, column {e.colno})") from None
             if not isinstance(record, dict):
@@ -225,8 +223,20 @@ def read_jsonl(path: str | os.PathLike, *, hint: str = REBUILD_HINT) -> list[tup
     return records
 
 
-def _check_text(where: str, field: str, value) -> str:
-    """Checks that ``value`` is a non-empty string of vocabulary words; returns it unchanged."""
+def _records(folder, rel: str, verify: bool, fields: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """``[("<file>, line <n>", record)]`` of ``rel`` in ``folder`` (default: :func:`data_dir`); every record
+    holds ``fields``. A data folder that does not exist raises FileNotFoundError naming it (never a hub lookup)."""
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        raise _not_found("data_dir", folder)
+    folder = Path(folder).expanduser() if folder is not None else data_dir()
+    if verify:
+        verify_manifest(folder, [rel])
+    path = folder / rel
+    return [(f"{path}, line {n}", check_record(f"{path}, line {n}", r, fields)) for n, r in read_jsonl(path)]
+
+
+def _check_text(where: str, field: str, value, prompt: str | None = None) -> str:
+    """A non-empty string of vocabulary words that fits the toy model's context after ``prompt``."""
     if not isinstance(value, str):
         raise ValueError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
     if not value.split():
@@ -234,29 +244,22 @@ def _check_text(where: str, field: str, value) -> str:
     for word in value.split():
         if word not in _WORDS:
             raise ValueError(f"{where}: field {field!r} contains {word!r}, which is not in the toy vocabulary")
+    positions = len(value.split()) + 1 + (len(prompt.split()) if prompt is not None else 0)  # + <eos>
+    if prompt is not None and positions > MAX_POSITIONS:
+        raise ValueError(
+            f"{where}: the prompt and field {field!r} take {positions} positions with <eos>, more than the toy "
+            f"model's context of {MAX_POSITIONS}"
+        )
     return value
 
 
 def _check_reward(where: str, field: str, value, response: str) -> float:
-    """Checks that ``value`` is a number equal to ``true_reward(response)``; returns it as float."""
+    """A finite number equal to ``true_reward(response)``, returned as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{where}: field {field!r} must be a finite number, got {value!r}")
     if abs(value - true_reward(response)) > 1e-4:
         raise ValueError(f"{where}: {field}={value} but true_reward of the response is {true_reward(response)}")
     return float(value)
-
-
-def _require(where: str, record: dict, fields: tuple[str, ...]) -> None:
-    missing = [f for f in fields if f not in record]
-    if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}; expected {list(fields)}")
-
-
-def _load(folder, rel: str, verify: bool) -> tuple[Path, list[tuple[int, dict]]]:
-    folder = Path(folder) if folder is not None else data_dir()
-    if verify:
-        verify_manifest(folder, [rel])
-    return folder / rel, read_jsonl(folder / rel)
 
 
 def _check_split(split: str) -> None:
@@ -274,31 +277,23 @@ def load_preferences(
     "chosen_reward": float, "rejected_reward": float}``. ``labelling`` is
     "deterministic" (the higher true reward is chosen) or "bradley_terry" (the
     same pairs, chosen with probability sigmoid(r_chosen - r_rejected)).
-    ``verify`` checks the file against MANIFEST.sha256 first.
+    ``verify`` checks the file against MANIFEST.sha256 first. A bad record raises ValueError naming
+    the file and line (a word outside the vocabulary, a pair longer than the toy model's context, ...).
     """
     _check_split(split)
     if labelling not in LABELLINGS:
         raise ValueError(f"labelling must be one of {LABELLINGS}, got {labelling!r}")
     rel = f"preferences/{split}.jsonl" if labelling == "deterministic" else f"preferences/{split}_bradley_terry.jsonl"
-    path, rows = _load(data_dir, rel, verify)
     fields = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward")
-    out = []
-    for n, r in rows:
-        where = f"{path}, line {n}"
-        _require(where, r, fields)
-        prompt, chosen, rejected = (_check_text(where, f, r[f]) for f in fields[:3])
+    pairs = []
+    for where, r in _records(data_dir, rel, verify, fields):
+        prompt = _check_text(where, "prompt", r["prompt"])
+        chosen, rejected = (_check_text(where, field, r[field], prompt) for field in ("chosen", "rejected"))
         if chosen.split() == rejected.split():
             raise ValueError(f"{where}: chosen and rejected are the same response {chosen!r}")
-        out.append(
-            {
-                "prompt": prompt,
-                "chosen": chosen,
-                "rejected": rejected,
-                "chosen_reward": _check_reward(where, "chosen_reward", r["chosen_reward"], chosen),
-                "rejected_reward": _check_reward(where, "rejected_reward", r["rejected_reward"], rejected),
-            }
-        )
-    return out
+        rewards = {f"{f}_reward": _check_reward(where, f"{f}_reward", r[f"{f}_reward"], r[f]) for f in fields[1:3]}
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, **rewards})
+    return pairs
 
 
 def load_rankings(split: str = "train", *, data_dir=None, verify: bool = True) -> list[dict]:
@@ -308,42 +303,26 @@ def load_rankings(split: str = "train", *, data_dir=None, verify: bool = True) -
     sampling order (not sorted); ``rewards[k] = true_reward(responses[k])``.
     """
     _check_split(split)
-    path, rows = _load(data_dir, f"rankings/{split}.jsonl", verify)
-    out = []
-    for n, r in rows:
-        where = f"{path}, line {n}"
-        _require(where, r, ("prompt", "responses", "rewards"))
+    rankings = []
+    for where, r in _records(data_dir, f"rankings/{split}.jsonl", verify, ("prompt", "responses", "rewards")):
         responses, rewards = r["responses"], r["rewards"]
         if not isinstance(responses, list) or not isinstance(rewards, list) or len(responses) != len(rewards):
             raise ValueError(f"{where}: 'responses' and 'rewards' must be lists of the same length")
         if len(responses) < 2:
             raise ValueError(f"{where}: a ranking needs at least 2 responses, got {len(responses)}")
-        responses = [_check_text(where, f"responses[{k}]", x) for k, x in enumerate(responses)]
+        prompt = _check_text(where, "prompt", r["prompt"])
+        responses = [_check_text(where, f"responses[{k}]", x, prompt) for k, x in enumerate(responses)]
         if len({tuple(x.split()) for x in responses}) != len(responses):
             raise ValueError(f"{where}: the responses are not distinct")
-        out.append(
-            {
-                "prompt": _check_text(where, "prompt", r["prompt"]),
-                "responses": responses,
-                "rewards": [
-                    _check_reward(where, f"rewards[{k}]", v, x) for k, (v, x) in enumerate(zip(rewards, responses))
-                ],
-            }
-        )
-    return out
+        rewards = [_check_reward(where, f"rewards[{k}]", v, x) for k, (v, x) in enumerate(zip(rewards, responses))]
+        rankings.append({"prompt": prompt, "responses": responses, "rewards": rewards})
+    return rankings
 
 
 def load_sft_corpus(*, data_dir=None, verify: bool = True) -> list[dict]:
     """Loads the unlabelled SFT corpus: ``[{"prompt": str, "completion": str}]``."""
-    path, rows = _load(data_dir, "sft/train.jsonl", verify)
-    out = []
-    for n, r in rows:
-        where = f"{path}, line {n}"
-        _require(where, r, ("prompt", "completion"))
-        out.append(
-            {
-                "prompt": _check_text(where, "prompt", r["prompt"]),
-                "completion": _check_text(where, "completion", r["completion"]),
-            }
-        )
-    return out
+    corpus = []
+    for where, r in _records(data_dir, "sft/train.jsonl", verify, ("prompt", "completion")):
+        prompt = _check_text(where, "prompt", r["prompt"])
+        corpus.append({"prompt": prompt, "completion": _check_text(where, "completion", r["completion"], prompt)})
+    return corpus

@@ -5,8 +5,6 @@ written by ``python -m course_lib.build_data``. Load them with
 ``load_model_and_tokenizer()``; any other local folder or hub name works too.
 """
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 
@@ -14,12 +12,11 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
 
-from .data import DATA_DIR, MANIFEST, data_dir, local_path_or_hub_id, read_manifest, verify_tree  # noqa: F401
-from .task import VOCAB
+from .data import data_dir, local_path_or_hub_id, verify_if_listed
+from .task import MAX_POSITIONS, VOCAB
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, EOS)  # ids 0, 1, 2
-MAX_POSITIONS = 32  # prompt (<= 6 words) + response (<= 12) + <eos> fits easily
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -76,59 +73,45 @@ def load_model_and_tokenizer(
 ):
     """Loads ``(model, tokenizer)`` with the Auto classes; the model is returned in eval mode.
 
-    ``name_or_path`` defaults to ``data_dir() / "reference_model"``. A name that
-    looks local (an existing path, a ``Path``, one starting with ``.``, ``~`` or
-    ``/``, with two or more ``/``, or ``dir/name`` under an existing folder ``dir``) must be a folder
-    with a saved model, else a FileNotFoundError names it at once; other names go to the Hugging Face
-    hub. A local folder listed in its parent's ``MANIFEST.sha256`` (the data folder, a build's output) is
-    checked against it first when ``verify``: a changed, truncated or stray file raises
+    ``name_or_path`` defaults to ``data_dir() / "reference_model"``. A name that looks local (see
+    :func:`course_lib.toyworld.data.local_path_or_hub_id`: an existing path, a ``Path``, one starting with
+    ``.``, ``~`` or ``/``, ``dir/name`` under an existing folder ``dir``, ...) must be a folder with a saved
+    model, else a FileNotFoundError names it at once, with no hub lookup; other names go to the Hugging
+    Face hub. A local folder listed in a ``MANIFEST.sha256`` above it (the data folder, a build's output)
+    is checked against it first when ``verify``: a changed, truncated or stray file raises
     DataIntegrityError naming it. A weight or tokenizer file that cannot be read raises ValueError
-    naming the folder's files. ``device`` defaults
-    to CPU and ``dtype`` to the saved dtype (float32). A tokenizer without a
-    pad token gets ``pad_token = eos_token``.
+    naming the folder's files. ``device`` defaults to CPU and ``dtype`` to the saved dtype (float32). A
+    tokenizer without a pad token gets ``pad_token = eos_token``.
     """
-    if name_or_path is None:
-        name_or_path = data_dir() / "reference_model"
-    where = local_path_or_hub_id(name_or_path, "model")
+    where = local_path_or_hub_id(name_or_path if name_or_path is not None else data_dir() / "reference_model", "model")
     if isinstance(where, Path):
-        path = where
-        if not path.is_dir():
+        if not where.is_dir():
             raise FileNotFoundError(
-                f"No model folder at {path.resolve()}. Build it with `python -m course_lib.build_data` "
+                f"No model folder at {where.resolve()}. Build it with `python -m course_lib.build_data` "
                 "or set COURSE_DATA_DIR to a folder that contains reference_model/."
             )
-        if not (path / "config.json").is_file():
-            raise ValueError(f"{path.resolve()} exists but has no config.json: it is not a saved model folder.")
-        parent, name = path.resolve().parent, path.resolve().name
-        if (
-            verify
-            and (parent / MANIFEST).is_file()
-            and any(rel.startswith(f"{name}/") for rel in read_manifest(parent))
-        ):
-            verify_tree(parent, name)
-        name_or_path = str(path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    except Exception as err:
-        if not isinstance(where, Path):
-            raise
-        weights = sorted(p.name for p in where.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
-        raise ValueError(
-            f"cannot load the model weights in {where.resolve()} ({', '.join(weights) or 'no weight file'}): "
-            f"{type(err).__name__}: {err}. Is a file truncated or corrupt?"
-        ) from err
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except Exception as err:
-        if not isinstance(where, Path):
-            raise
-        files = sorted(p.name for p in where.iterdir() if "token" in p.name or p.suffix in (".model", ".txt"))
-        raise ValueError(
-            f"cannot load the tokenizer in {where.resolve()} ({', '.join(files) or 'no tokenizer file'}): "
-            f"{type(err).__name__}: {err}. Is a file truncated or corrupt?"
-        ) from err
+        if not (where / "config.json").is_file():
+            raise ValueError(f"{where.resolve()} exists but has no config.json: it is not a saved model folder.")
+        if verify:
+            verify_if_listed(where)
+    model = _from_pretrained(AutoModelForCausalLM, where, "model weights", (".safetensors", ".bin", ".pt"), dtype=dtype)
+    tokenizer = _from_pretrained(AutoTokenizer, where, "tokenizer", ("token", ".model", ".txt"))
     if tokenizer.pad_token is None:  # e.g. hub GPT-2: pad with EOS (the toy tokenizer has its own <pad>)
         tokenizer.pad_token = tokenizer.eos_token
     model.to(torch.device(device) if device is not None else torch.device("cpu"))
     model.eval()
     return model, tokenizer
+
+
+def _from_pretrained(auto_class, where: Path | str, what: str, file_hints: tuple[str, ...], **kwargs):
+    """``auto_class.from_pretrained(where)``; for a local folder, a failure is a ValueError naming its files."""
+    try:
+        return auto_class.from_pretrained(str(where), **kwargs)
+    except Exception as err:
+        if not isinstance(where, Path):
+            raise
+        files = sorted(p.name for p in where.iterdir() if any(hint in p.name for hint in file_hints))
+        raise ValueError(
+            f"cannot load the {what} in {where.resolve()} ({', '.join(files) or f'no {what} file'}): "
+            f"{type(err).__name__}: {err}. Is a file truncated or corrupt?"
+        ) from err

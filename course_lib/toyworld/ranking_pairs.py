@@ -6,7 +6,7 @@ two rewards tie (tied pairs are skipped, as Eq. 2 skips them). ``which="best_wor
 ranking, the first highest-reward response against the first lowest (none when every reward ties).
 """
 
-from __future__ import annotations
+from ..maths.checks import check_record
 
 WHICH = ("all", "best_worst")
 
@@ -25,8 +25,7 @@ def ranking_pairs(rankings: list[dict], *, which: str = "all") -> list[dict]:
         raise TypeError(f"rankings must be a list of dicts, got {type(rankings).__name__}")
     pairs = []
     for n, ranking in enumerate(rankings):
-        if not isinstance(ranking, dict) or not {"prompt", "responses", "rewards"} <= set(ranking):
-            raise ValueError(f"rankings[{n}] must be a dict with 'prompt', 'responses' and 'rewards'")
+        check_record(f"rankings[{n}]", ranking, ("prompt", "responses", "rewards"))
         responses, rewards = list(ranking["responses"]), [float(r) for r in ranking["rewards"]]
         if len(responses) != len(rewards):
             raise ValueError(f"rankings[{n}] has {len(responses)} responses but {len(rewards)} rewards")
@@ -41,14 +40,9 @@ def ranking_pairs(rankings: list[dict], *, which: str = "all") -> list[dict]:
                 for j in range(i + 1, len(rewards))
                 if rewards[i] != rewards[j]
             ]
-        for better, worse in candidates:
-            pairs.append(
-                {
-                    "prompt": ranking["prompt"],
-                    "chosen": responses[better],
-                    "rejected": responses[worse],
-                    "chosen_reward": rewards[better],
-                    "rejected_reward": rewards[worse],
-                }
-            )
+        pairs += [
+            {"prompt": ranking["prompt"], "chosen": responses[better], "rejected": responses[worse]}
+            | {"chosen_reward": rewards[better], "rejected_reward": rewards[worse]}
+            for better, worse in candidates
+        ]
     return pairs

@@ -19,8 +19,6 @@ however often it appears, and every repeat costs 0.5, so spamming
 long responses pay 0.1 per token beyond 8. Reward hacking is thus visible.
 """
 
-from __future__ import annotations
-
 import torch
 
 POSITIVE_WORDS: tuple[str, ...] = (
@@ -121,23 +119,8 @@ assert len(set(VOCAB)) == len(VOCAB), "a word appears twice in the vocabulary"
 _POSITIVE = frozenset(POSITIVE_WORDS)
 _NEGATIVE = frozenset(NEGATIVE_WORDS)
 _LENGTH_FREE = 8
-
-
-def reward_terms(response: str) -> dict[str, int]:
-    """Counts the four integer ingredients of the true reward of ``response``.
-
-    Returns ``{"positive", "negative", "repeats", "extra_length"}`` where
-    ``positive``/``negative`` count *distinct* sentiment words, ``repeats`` is
-    the number of tokens equal to an earlier token of the response and
-    ``extra_length = max(0, n_tokens - 8)``.
-    """
-    tokens = response.split()
-    return {
-        "positive": len(_POSITIVE.intersection(tokens)),
-        "negative": len(_NEGATIVE.intersection(tokens)),
-        "repeats": len(tokens) - len(set(tokens)),
-        "extra_length": max(0, len(tokens) - _LENGTH_FREE),
-    }
+#: The toy model's context: a prompt (<= 6 words), a response and <eos> must fit in it.
+MAX_POSITIONS = 32
 
 
 def true_reward(response: str) -> float:
@@ -151,8 +134,10 @@ def true_reward(response: str) -> float:
     ``true_reward("great great great") == 0.0``,
     ``true_reward("dull but fun .") == 0.0``).
     """
-    t = reward_terms(response)
-    tenths = 10 * (t["positive"] - t["negative"]) - 5 * t["repeats"] - t["extra_length"]
+    tokens = response.split()
+    sentiment = len(_POSITIVE.intersection(tokens)) - len(_NEGATIVE.intersection(tokens))  # distinct words
+    repeats = len(tokens) - len(set(tokens))  # tokens equal to an earlier token of the response
+    tenths = 10 * sentiment - 5 * repeats - max(0, len(tokens) - _LENGTH_FREE)
     return tenths / 10
 
 
