@@ -2,13 +2,11 @@
 
 Each submission runs in its own fresh kernel, in a temporary working copy, with a time limit, on the CPU
 (unless ``--device``) and with no network. The grader calls the checkers on the learner's own functions and
-checks the learner's §3-5 runs against the expected figures (``course_lib.teaching.exercises.expected``);
-it never trusts what the notebook printed. It writes ``DIR/grades.csv``, ``DIR/feedback/<submission>.md``,
-``DIR/results.json`` and ``DIR/summary.txt``, and prints the summary: the points distribution and the most
-common mistakes. See ``notebooks/INSTRUCTORS.md``, "Grading a class".
-
-Wrong use (no submissions, a folder instead of files, an unwritable ``--out``) exits with status 2 and one
-line naming the option.
+checks what the learner's run functions returned against the expected figures
+(``course_lib.teaching.exercises.expected``); it never trusts what the notebook printed. It writes
+``DIR/grades.csv``, ``DIR/feedback/<submission>.md``, ``DIR/results.json`` and ``DIR/summary.txt``, and prints
+the summary. See ``notebooks/INSTRUCTORS.md``, "Grading a class". Wrong use (no submissions, a folder instead
+of files, an unwritable ``--out``) exits with status 2 and one line naming the option.
 """
 
 from __future__ import annotations
@@ -36,17 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="submissions graded at a time (default 1)")
     parser.add_argument("--device", default="cpu", help="COURSE_DEVICE for the kernels (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="COURSE_SEED for the kernels (default 0)")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="short runs (4 steps): checks how the runs are set up, not their figures (for testing the grader)",
-    )
+    parser.add_argument("--quick", action="store_true", help="short runs: their set-up is checked, not their figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--write-rubric",
-        metavar="INSTRUCTORS.md",
-        help="rewrite the rubric table between the markers of this file, and exit",
-    )
+    parser.add_argument("--write-rubric", metavar="INSTRUCTORS.md", help="rewrite the rubric table in it, and exit")
     return parser.parse_args(argv)
 
 
@@ -58,25 +48,22 @@ def check_args(args: argparse.Namespace) -> list[Path]:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if not args.submissions:
         raise UsageError("SUBMISSION.ipynb: no submissions given: name one or more notebook files")
-    paths = []
     for name in args.submissions:
-        path = Path(name)
-        if path.is_dir():
-            raise UsageError(f"SUBMISSION.ipynb: {name} is a folder; name the notebook files (e.g. {path / '*.ipynb'})")
-        if not path.is_file():
+        if Path(name).is_dir():
+            raise UsageError(
+                f"SUBMISSION.ipynb: {name} is a folder; name the notebook files (e.g. {Path(name) / '*.ipynb'})"
+            )
+        if not Path(name).is_file():
             raise UsageError(f"SUBMISSION.ipynb: {name} does not exist")
-        paths.append(path)
     if not args.out:
         raise UsageError("--out: give the folder to write grades.csv and the feedback into")
-    out = Path(args.out)
     try:
-        (out / "feedback").mkdir(parents=True, exist_ok=True)
-        probe = out / ".grade-write-test"
-        probe.write_text("")
-        probe.unlink()
+        (Path(args.out) / "feedback").mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / ".grade-write-test").write_text("")
+        (Path(args.out) / ".grade-write-test").unlink()
     except OSError as exc:
         raise UsageError(f"--out: {args.out} is not writable ({exc.strerror or exc})") from None
-    return paths
+    return [Path(name) for name in args.submissions]
 
 
 def main(argv=None) -> int:
@@ -91,18 +78,9 @@ def main(argv=None) -> int:
     except (UsageError, ValueError, OSError) as exc:
         print(f"python -m course_lib.grade: error: {exc}", file=sys.stderr)
         return 2
-    _, summary = grade_batch(
-        paths,
-        args.out,
-        jobs=args.jobs,
-        timeout=args.timeout,
-        device=args.device,
-        seed=args.seed,
-        quick=args.quick,
-        progress=not args.no_progress,
-    )
-    print(summary)
-    print(f"\nwritten: {Path(args.out) / 'grades.csv'}, {Path(args.out) / 'feedback'}/")
+    options = dict(jobs=args.jobs, timeout=args.timeout, device=args.device, seed=args.seed, quick=args.quick)
+    _, summary = grade_batch(paths, args.out, progress=not args.no_progress, **options)
+    print(f"{summary}\n\nwritten: {Path(args.out) / 'grades.csv'}, {Path(args.out) / 'feedback'}/")
     return 0
 
 

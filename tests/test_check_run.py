@@ -151,46 +151,40 @@ SWEEP_DPO = [
 ]
 
 
-def test_the_solutions_sweep_passes(capsys):
-    assert diagnose_sweep(SWEEP_DPO, "dpo") == []
-    assert check_sweep(SWEEP_DPO, "dpo")
+def sweep_runs(margin=lambda i: lambda s: s / 100):
+    """The sweep's points, each with the History of its run (the i-th run's margin over steps)."""
     runs = [
-        history(beta=b, steps=150, evals={"preference_accuracy": [], "kl": []}) for b in expected.SETTINGS.sweep_betas
+        history(beta=b, steps=150, evals={"preference_accuracy": [], "kl": []}, margin=margin(i))
+        for i, b in enumerate(expected.SETTINGS.sweep_betas)
     ]
-    assert diagnose_sweep(SWEEP_DPO, "dpo", histories=runs, steps=150) == []
+    return [{**point, "history": run} for point, run in zip(SWEEP_DPO, runs)]
+
+
+def test_the_solutions_sweep_passes(capsys):
+    assert diagnose_sweep(sweep_runs(), "dpo", loss_fn=my_dpo_loss, seed=0) == []
+    assert check_sweep(sweep_runs(), "dpo")
+    assert "✅ DPO sweep: 3 betas, figures within the expected ranges." in capsys.readouterr().out
 
 
 def test_a_reused_policy_in_the_sweep_is_named():
-    reused = [dict(p) for p in SWEEP_DPO]
+    reused = sweep_runs()
     reused[1]["kl"], reused[2]["kl"] = 11.5, 12.8  # each beta starts where the previous one stopped
     assert "reused policy" in codes(diagnose_sweep(reused, "dpo"))
-    runs = [
-        history(
-            beta=b,
-            steps=150,
-            evals={"preference_accuracy": [], "kl": []},
-            margin=(lambda s: s / 100) if i == 0 else (lambda s: 5 + s / 100),
-        )
-        for i, b in enumerate(expected.SETTINGS.sweep_betas)
-    ]
-    assert codes(diagnose_sweep(SWEEP_DPO, "dpo", histories=runs, steps=150, figures=False)).count("reused policy") == 2
+    later = sweep_runs(margin=lambda i: (lambda s: s / 100) if i == 0 else (lambda s: 5 + s / 100))
+    assert codes(diagnose_sweep(later, "dpo")).count("reused policy") == 2
 
 
 def test_sweep_format_and_betas():
     assert codes(diagnose_sweep({"beta": 0.5}, "dpo")) == ["sweep format"]
-    assert codes(diagnose_sweep(SWEEP_DPO[:2], "dpo")) == ["sweep betas"]
+    assert codes(diagnose_sweep(sweep_runs()[:2], "dpo")) == ["sweep betas"]
+    assert codes(diagnose_sweep(SWEEP_DPO, "dpo")) == ["sweep format"]  # no history
 
 
-def test_expected_is_the_one_place_of_the_settings():
-    from course_lib.teaching.grading.execute import _settings
+def test_a_new_loss_of_the_registry_is_checked_without_figures():
+    """The runs' checks read the registry: a loss with no expected figures gets its slips checked, no figures."""
+    from course_lib.maths.losses import PAIRWISE_LOSSES
 
-    full = _settings(quick=False)
-    assert (full["beta"], full["steps"], full["eval_every"], full["sweep_steps"]) == (
-        expected.SETTINGS.beta,
-        expected.SETTINGS.steps,
-        expected.SETTINGS.eval_every,
-        expected.SETTINGS.sweep_steps,
-    )
-    for table in (*expected.MAIN_RUN.values(), *expected.SWEEP.values(), expected.SUMMED_IPO_RUN):
-        for bound in table.values():
-            assert set(bound) == {"above", "below"} and (bound["above"] is not None or bound["below"] is not None)
+    for name, spec in PAIRWISE_LOSSES.items():
+        run = history(loss=f"my_{name}_loss", length_normalize=spec.average_logps)
+        assert all(p.code == "figure off" for p in diagnose_run(run, name)), name
+    assert codes(diagnose_run(history(length_normalize=True), "hinge")) == ["averaged log-probs"]

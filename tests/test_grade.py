@@ -1,9 +1,9 @@
 """The batch grader, ``python -m course_lib.grade``, on a small generated class.
 
-The class (8 notebooks) is made from the solution notebook with its solution-only cells left out: a
-learner who did everything, then variants with broken losses, the usual slips in §3-5, a loss that calls the
-library's own, a notebook that hangs, one that raises at import, one that is not JSON, and one that writes
-outside its folder and deletes its own file. It is graded once, with ``--quick`` (4-step runs: the runs'
+The class (7 notebooks) is made from the solution notebook with its solution-only cells left out: a
+learner who did everything, then variants with broken losses, the usual slips in §3-5, a notebook that hangs,
+one that raises at import, one that is not JSON, and one that writes outside its folder and deletes its own
+file. It is graded once, with ``--quick`` (4-step runs: the runs'
 set-up is checked, not their figures, which need the full runs) and a short ``--timeout``, two at a time;
 each row's status and points are checked, and that the batch finished.
 """
@@ -60,10 +60,6 @@ def learner_notebook(replacements: dict[str, str] | None = None, extra_cells: li
 DPO_RIGHT = "return -F.logsigmoid(beta * h)  # (B,)"
 IPO_RIGHT = "return (h - 1 / (2 * beta)) ** 2  # (B,)"
 
-CALLS_LIBRARY = (
-    "from course_lib.maths.losses import dpo_loss as answer\n"
-    "    return answer(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=beta)"
-)
 ESCAPES = (
     "import glob\nimport os\n\nopen('../escaped.txt', 'w').write('x')\nfor f in glob.glob('*.ipynb'):\n    os.remove(f)"
 )
@@ -84,7 +80,6 @@ CLASS = {
             ),  # one policy reused across the sweep
         }
     ),
-    "calls_library": learner_notebook({DPO_RIGHT: CALLS_LIBRARY}),
     "hangs": learner_notebook(extra_cells=[("ipo_ok = check_ipo_loss", "import time\n\ntime.sleep(3600)")]),
     "raises_at_import": learner_notebook({"import copy\n": "import copy\nimport course_lib_does_not_exist\n"}),
     "escapes": learner_notebook(extra_cells=[("course_seed()", ESCAPES)]),
@@ -125,19 +120,6 @@ EXPECTED = {  # submission -> (status, points of the automatic parts)
             "ipo_run": 0,
             "dpo_sweep": 0,
             "ipo_sweep": 0,
-            "rrhf_loss": 5,
-            "summed_run": 2,
-        },
-    ),
-    "calls_library": (
-        "ok",
-        {
-            "dpo_loss": 0,
-            "ipo_loss": 15,
-            "dpo_run": 0,
-            "ipo_run": 8,
-            "dpo_sweep": 0,
-            "ipo_sweep": 5,
             "rrhf_loss": 5,
             "summed_run": 2,
         },
@@ -236,14 +218,10 @@ def test_the_feedback_says_what_to_fix_in_the_checkers_words(graded):
     assert "one number for the whole batch (its mean)" in broken and "one-sided" in broken
     slips = " ".join((out / "slips.md").read_text().split())
     assert "summed log-probs to the loss" in slips and "did not start as a copy of the reference" in slips
-    assert "calls course_lib.maths.losses.dpo_loss" in (out / "calls_library.md").read_text()
 
 
 def test_flags_for_the_instructor(graded):
     rows = graded["rows"]
-    assert "my_dpo_loss calls course_lib.maths.losses.dpo_loss" in rows["calls_library"]["flags"]
-    # the notebook's IPO run no longer waits for DPO's loss to pass: the notebook ran it, the grader did not have to
-    assert "the grader called the function" not in rows["calls_library"]["flags"]
     flags = rows["escapes"]["flags"]
     assert "wrote outside its folder: escaped.txt" in flags and "deleted its own notebook file" in flags
     assert not rows["correct"]["flags"]
@@ -257,7 +235,7 @@ def test_no_submission_touches_another_or_the_course(graded):
 
 def test_the_summary_gives_the_distribution_and_the_common_mistakes(graded):
     summary = graded["process"].stdout
-    assert "Graded 8 submissions" in summary and "5 ok, 1 timeout, 1 error, 1 invalid" in summary
+    assert "Graded 7 submissions" in summary and "4 ok, 1 timeout, 1 error, 1 invalid" in summary
     assert "Automatic points (of 55, +7 bonus)" in summary
     assert "Most common mistakes:" in summary and "my_ipo_loss: one-sided" in summary
     assert (graded["out"] / "summary.txt").read_text().strip() == summary.split("\n\nwritten:")[0].strip()
@@ -315,7 +293,7 @@ def test_a_run_the_grader_had_to_make_itself_is_scored_and_flagged():
     made_by_notebook = {"found": True, "problems": []}
     made_by_grader = {"found": True, "problems": [], "made_by_grader": True}
     findings = {"runs": {"dpo_run": made_by_notebook, "ipo_run": made_by_grader}}
-    row = _row("learner", Path("learner.ipynb"), {"status": "ok", "findings": findings})
+    row = _row("learner", {"status": "ok", "findings": findings})
     points = {p.key: p.points for p in AUTO_PARTS}
     assert (row["dpo_run"], row["ipo_run"]) == (points["dpo_run"], points["ipo_run"])  # both right runs: full marks
     assert any("the notebook did not make this run, the grader called the function" in f for f in row["flags"])

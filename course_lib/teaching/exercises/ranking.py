@@ -11,10 +11,6 @@ import torch.nn.functional as F
 from ...maths.losses import reward_order_mask, rrhf_loss, rrhf_loss_terms, rrhf_scores
 from .engine import Case, Exercise, Mistake, format_numbers
 
-# --------------------------------------------------------------------------------------------------
-# RRHF: the cases
-# --------------------------------------------------------------------------------------------------
-
 RANKING_NAMES = ("candidate_logps", "candidate_lengths", "candidate_rewards")
 
 
@@ -101,116 +97,67 @@ class _Rankings:
 
 _SFT = "sft_weight * (-candidate_logps of the highest-reward candidate)"
 
+# fmt: off
 RRHF_MISTAKES = (
-    Mistake(
-        "the seed's rrhf_loss",
-        lambda r: r.seed(),
-        "This is the seed's rrhf_loss: a softmax cross-entropy over pairs of raw log-probs, divided by K**2, "
-        "with no SFT term. RRHF (Yuan et al. 2023, Eqs. 1-5) scores each candidate by its length-normalised "
-        "log-prob p_i = logp_i / length_i**length_penalty, sums the hinge max(0, p_i - p_j) over pairs with "
-        f"r_i < r_j, and adds {_SFT}.",
-    ),
-    Mistake(
-        "no SFT term",
-        lambda r: r.rank,
-        f"The SFT term is missing: RRHF's loss is the ranking loss plus {_SFT} (Eq. 5).",
-    ),
-    Mistake(
-        "no length normalisation",
-        lambda r: r.rank_with(scores=r.logps) + r.sft_weight * r.sft,
-        "Your scores are not length-normalised: RRHF ranks p_i = candidate_logps / candidate_lengths**length_penalty "
-        "(Eq. 1), otherwise a long response always looks worse.",
-    ),
-    Mistake(
-        "ignores length_penalty",
-        lambda r: rrhf_loss(*r.args, length_penalty=1.0, sft_weight=r.sft_weight),
-        "Your function ignores length_penalty: divide by candidate_lengths ** length_penalty, not by the length.",
-    ),
-    Mistake(
-        "SFT on the worst",
-        lambda r: r.rank + r.sft_weight * r.sft_on(r.worst),
-        "Your SFT term uses the *lowest*-reward candidate: it should use the highest, "
-        "candidate_rewards.argmax(dim=1) (Eqs. 3-4).",
-    ),
-    Mistake(
-        "SFT on the first",
-        lambda r: r.rank + r.sft_weight * r.sft_on(r.first),
-        "Your SFT term uses the first candidate; the candidates are not sorted. Use the highest-reward one, "
-        "candidate_rewards.argmax(dim=1) (Eqs. 3-4).",
-    ),
-    Mistake(
-        "SFT on the last",
-        lambda r: r.rank + r.sft_weight * r.sft_on(r.last),
-        "Your SFT term uses the last candidate; the candidates are not sorted. Use the highest-reward one, "
-        "candidate_rewards.argmax(dim=1) (Eqs. 3-4).",
-    ),
-    Mistake(
-        "SFT averaged over tokens",
-        lambda r: r.rank + r.sft_weight * r.sft / r.length_of(r.best),
-        "Your SFT term is the per-token average (-logp / length, as in the official code's token mean); the "
-        "library follows the paper (Eqs. 3-4) and uses the summed log-prob: -candidate_logps of the best candidate.",
-    ),
-    Mistake(
-        "SFT sign",
-        lambda r: r.rank - r.sft_weight * r.sft,
-        "Your SFT term has the wrong sign: it is the negative log-likelihood, -candidate_logps of the best "
-        "candidate, so minimising it raises that candidate's probability.",
-    ),
-    Mistake(
-        "ignores sft_weight",
-        lambda r: r.rank + r.sft,
-        "Your function ignores sft_weight: the loss is rank + sft_weight * sft.",
-    ),
-    Mistake(
-        "sft_weight on the rank",
-        lambda r: r.sft_weight * r.rank + r.sft,
-        "sft_weight multiplies the ranking term; it should multiply the SFT term: rank + sft_weight * sft.",
-    ),
-    Mistake(
-        "ties penalised",
-        lambda r: r.rank_with(ties=True) + r.sft_weight * r.sft,
-        "Your ranking loss penalises candidates that tie on reward: only pairs with r_i < r_j (strictly) count; "
-        "use < rather than <=, and skip i == j.",
-    ),
-    Mistake(
-        "pairs counted twice",
-        lambda r: 2 * r.rank + r.sft_weight * r.sft,
-        "Your ranking loss counts each pair twice: sum max(0, p_i - p_j) once per pair with r_i < r_j "
-        "(looping over all (i, j) and then again over (j, i) doubles it).",
-    ),
-    Mistake(
-        "hinge reversed",
-        lambda r: r.rank_with(reverse=True) + r.sft_weight * r.sft,
-        "Your hinge points the wrong way: for r_i < r_j the penalty is max(0, p_i - p_j), paid when the worse "
-        "candidate scores higher.",
-    ),
-    Mistake(
-        "softplus instead of hinge",
-        lambda r: r.rank_with(hinge=F.softplus) + r.sft_weight * r.sft,
-        "You use a logistic (softplus) penalty; RRHF's ranking loss is the hinge max(0, p_i - p_j) (Eq. 2).",
-    ),
-    Mistake(
-        "mean over the pairs that count",
-        lambda r: r.rank / r.n_pairs + r.sft_weight * r.sft,
-        "Your ranking loss is a mean over pairs; Eq. 2 sums max(0, p_i - p_j) over the pairs with r_i < r_j.",
-    ),
-    Mistake(
-        "mean over all pairs",
-        lambda r: r.rank / (r.k * (r.k - 1) / 2) + r.sft_weight * r.sft,
-        "Your ranking loss is a mean over the K*(K-1)/2 pairs; "
-        "Eq. 2 sums max(0, p_i - p_j) over the pairs with r_i < r_j.",
-    ),
-    Mistake(
-        "mean over K**2",
-        lambda r: r.rank / r.k**2 + r.sft_weight * r.sft,
-        "Your ranking loss is divided by K**2 (a mean over the K x K matrix, as the seed does); Eq. 2 sums "
-        "max(0, p_i - p_j) over the pairs with r_i < r_j.",
-    ),
+    Mistake("the seed's rrhf_loss", lambda r: r.seed(),
+            "This is the seed's rrhf_loss: a softmax cross-entropy over pairs of raw log-probs, divided by K**2, "
+            "with no SFT term. RRHF (Yuan et al. 2023, Eqs. 1-5) scores each candidate by its length-normalised "
+            "log-prob p_i = logp_i / length_i**length_penalty, sums the hinge max(0, p_i - p_j) over pairs with "
+            f"r_i < r_j, and adds {_SFT}."),
+    Mistake("no SFT term", lambda r: r.rank,
+            f"The SFT term is missing: RRHF's loss is the ranking loss plus {_SFT} (Eq. 5)."),
+    Mistake("no length normalisation", lambda r: r.rank_with(scores=r.logps) + r.sft_weight * r.sft,
+            "Your scores are not length-normalised: RRHF ranks "
+            "p_i = candidate_logps / candidate_lengths**length_penalty (Eq. 1), otherwise a long response always "
+            "looks worse."),
+    Mistake("ignores length_penalty", lambda r: rrhf_loss(*r.args, length_penalty=1.0, sft_weight=r.sft_weight),
+            "Your function ignores length_penalty: divide by candidate_lengths ** length_penalty, not by the length."),
+    Mistake("SFT on the worst", lambda r: r.rank + r.sft_weight * r.sft_on(r.worst),
+            "Your SFT term uses the *lowest*-reward candidate: it should use the highest, "
+            "candidate_rewards.argmax(dim=1) (Eqs. 3-4)."),
+    Mistake("SFT on the first", lambda r: r.rank + r.sft_weight * r.sft_on(r.first),
+            "Your SFT term uses the first candidate; the candidates are not sorted. Use the highest-reward one, "
+            "candidate_rewards.argmax(dim=1) (Eqs. 3-4)."),
+    Mistake("SFT on the last", lambda r: r.rank + r.sft_weight * r.sft_on(r.last),
+            "Your SFT term uses the last candidate; the candidates are not sorted. Use the highest-reward one, "
+            "candidate_rewards.argmax(dim=1) (Eqs. 3-4)."),
+    Mistake("SFT averaged over tokens", lambda r: r.rank + r.sft_weight * r.sft / r.length_of(r.best),
+            "Your SFT term is the per-token average (-logp / length, as in the official code's token mean); the "
+            "library follows the paper (Eqs. 3-4) and uses the summed log-prob: "
+            "-candidate_logps of the best candidate."),
+    Mistake("SFT sign", lambda r: r.rank - r.sft_weight * r.sft,
+            "Your SFT term has the wrong sign: it is the negative log-likelihood, -candidate_logps of the best "
+            "candidate, so minimising it raises that candidate's probability."),
+    Mistake("ignores sft_weight", lambda r: r.rank + r.sft,
+            "Your function ignores sft_weight: the loss is rank + sft_weight * sft."),
+    Mistake("sft_weight on the rank", lambda r: r.sft_weight * r.rank + r.sft,
+            "sft_weight multiplies the ranking term; it should multiply the SFT term: rank + sft_weight * sft."),
+    Mistake("ties penalised", lambda r: r.rank_with(ties=True) + r.sft_weight * r.sft,
+            "Your ranking loss penalises candidates that tie on reward: only pairs with r_i < r_j (strictly) count; "
+            "use < rather than <=, and skip i == j."),
+    Mistake("pairs counted twice", lambda r: 2 * r.rank + r.sft_weight * r.sft,
+            "Your ranking loss counts each pair twice: sum max(0, p_i - p_j) once per pair with r_i < r_j "
+            "(looping over all (i, j) and then again over (j, i) doubles it)."),
+    Mistake("hinge reversed", lambda r: r.rank_with(reverse=True) + r.sft_weight * r.sft,
+            "Your hinge points the wrong way: for r_i < r_j the penalty is max(0, p_i - p_j), paid when the worse "
+            "candidate scores higher."),
+    Mistake("softplus instead of hinge", lambda r: r.rank_with(hinge=F.softplus) + r.sft_weight * r.sft,
+            "You use a logistic (softplus) penalty; RRHF's ranking loss is the hinge max(0, p_i - p_j) (Eq. 2)."),
+    Mistake("mean over the pairs that count", lambda r: r.rank / r.n_pairs + r.sft_weight * r.sft,
+            "Your ranking loss is a mean over pairs; Eq. 2 sums max(0, p_i - p_j) over the pairs with r_i < r_j."),
+    Mistake("mean over all pairs", lambda r: r.rank / (r.k * (r.k - 1) / 2) + r.sft_weight * r.sft,
+            "Your ranking loss is a mean over the K*(K-1)/2 pairs; "
+            "Eq. 2 sums max(0, p_i - p_j) over the pairs with r_i < r_j."),
+    Mistake("mean over K**2", lambda r: r.rank / r.k**2 + r.sft_weight * r.sft,
+            "Your ranking loss is divided by K**2 (a mean over the K x K matrix, as the seed does); Eq. 2 sums "
+            "max(0, p_i - p_j) over the pairs with r_i < r_j."),
 )
+# fmt: on
 
 
 RRHF_EXERCISE = Exercise(
     reference=rrhf_loss,
+    reference_name=f"{rrhf_loss.__module__}.{rrhf_loss.__name__}",
     tensor_names=RANKING_NAMES,
     cases=RANKING_CASES,
     mistakes=RRHF_MISTAKES,
