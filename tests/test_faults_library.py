@@ -10,7 +10,6 @@ import copy
 import io
 import json
 import shutil
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,7 +30,6 @@ from course_lib.toyworld.data import (
     load_preferences,
     load_rankings,
     load_sft_corpus,
-    local_path_or_hub_id,
     read_manifest,
     sha256_file,
     verify_manifest,
@@ -96,10 +94,9 @@ LIBRARY_FAULTS = [
     *[case(f"train_preference batch_size={v!r}", lambda w, v=v: _train(w, batch_size=v), error, "batch_size")
       for v, error in ((0, VE), (-1, VE), (2.5, TE), ("8", TE), (True, TE))],
     *[case(f"train_preference {key}={v!r}", lambda w, kw={key: v}: _train(w, **kw), error, key)
-      for key, v, error in (("lr", -1.0, VE), ("lr", NAN, VE), ("lr", INF, VE), ("steps", 0, VE), ("beta", 0.0, VE),
-                            ("beta", NAN, VE), ("loss", "ppo", VE), ("device", "foo", VE))],
+      for key, v, error in (("lr", -1.0, VE), ("lr", NAN, VE), ("lr", INF, VE), ("beta", 0.0, VE), ("beta", NAN, VE),
+                            ("device", "foo", VE))],
     case("train_preference device='cuda'", lambda w: _train(w, device="cuda"), VE, "device", marks=NO_CUDA),
-    case("train_preference no pairs", lambda w: _train(w, pairs=[]), VE, "pairs"),
     case("train_preference a pair without chosen", lambda w: _train(w, pairs=_changed(w.pairs, 2, drop="chosen")), VE,
          r"pairs\[2\] has no 'chosen'"),
     case("train_preference a pair that is a string", lambda w: _train(w, pairs=["the movie was"]), TE, r"pairs\[0\]"),
@@ -330,15 +327,10 @@ def test_rebuilding_the_sweep_keeps_the_manifest_in_step(tmp_path, monkeypatch):
     assert load_d1_sweep(folder / "bandit" / "d1_sweep.pt")["probs"].shape[:4] == (1, 1, 1, 2)
 
 
-BAD_LINES = {  # line 3 of preferences/test.jsonl becomes ...
-    "malformed JSON": lambda line: b'{"prompt": "the movie was"',
+BAD_LINES = {  # line 3 of preferences/test.jsonl becomes ... (other bad lines: test_toy_world_data)
     "a JSON list": lambda line: b"[1, 2]",
-    "a missing field": lambda line: b'{"prompt": "the movie was", "chosen": " great ."}',
-    "the same response": lambda line: json.dumps({"prompt": "the movie was", "chosen": " great .", "rejected":
-                                                  " great .", "chosen_reward": 1.0, "rejected_reward": 1.0}).encode(),
     "not UTF-8": lambda line: line.replace(b"the", b"th\xe9", 1),
-    "an unknown word": lambda line: line.replace(b'"chosen": " ', b'"chosen": " zzyzx ', 1),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("bad", BAD_LINES)
@@ -411,33 +403,3 @@ def test_build_accepts_an_empty_folder_and_an_earlier_build(tmp_path, no_real_bu
     assert set(read_manifest(out)) == {"sft/train.jsonl", "bandit/d1_sweep.pt"}  # the kept sweep stays listed
     assert len(no_real_build) == 2
     assert build_module.files_not_from_a_build(DATA) == [] and set(OUTPUTS) >= {"sft", "preferences", "rankings"}
-
-
-# ----------------------------------------------------------------------------- local paths and the network
-@pytest.fixture
-def no_network(monkeypatch):
-    """Fail any DNS lookup or connection; the list of what was attempted is returned."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return attempts
-
-
-@pytest.mark.parametrize("name", ["data/reference_modl", "./reference_modl", "data/preferences/nope", "~/no_such"])
-def test_a_mistyped_local_path_fails_at_once_without_the_network(name, no_network, monkeypatch):
-    monkeypatch.chdir(DATA.parent)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_model_and_tokenizer(name)
-    assert no_network == []
-
-
-def test_a_hub_id_is_still_a_hub_id():
-    for name in ("gpt2", "Qwen/Qwen2.5-0.5B-Instruct", "trl-lib/ultrafeedback_binarized"):
-        assert local_path_or_hub_id(name, "model") == name
-    assert local_path_or_hub_id(str(DATA / "reference_model"), "model") == DATA / "reference_model"
-    assert isinstance(local_path_or_hub_id(Path("data"), "model"), Path)
