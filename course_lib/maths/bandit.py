@@ -6,12 +6,11 @@ This module holds what is exact and needs no training: the input checks, the KL 
 (Adam on ``theta``, the stored sweep) is :mod:`course_lib.toyworld.bandit`.
 """
 
-import numbers
 from collections.abc import Sequence
 
 import torch
 
-from .checks import check_positive
+from .checks import check_int, check_positive
 
 
 def check_preferences(preferences, n_actions: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -26,9 +25,11 @@ def check_preferences(preferences, n_actions: int | None = None) -> tuple[torch.
         ) from None
     if not pairs:
         raise ValueError("preferences must hold at least one (winner, loser) pair, got an empty list")
+    pairs = [
+        (check_int(f"preferences[{i}][0]", w, minimum=0), check_int(f"preferences[{i}][1]", l, minimum=0))
+        for i, (w, l) in enumerate(pairs)
+    ]
     for w, l in pairs:
-        if not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) and a >= 0 for a in (w, l)):
-            raise ValueError(f"preferences must hold whole, non-negative action indices, got ({w!r}, {l!r})")
         if w == l:
             raise ValueError(f"preferences: a pair must compare two different actions, got ({w}, {l})")
     highest = max(max(p) for p in pairs)
@@ -36,7 +37,7 @@ def check_preferences(preferences, n_actions: int | None = None) -> tuple[torch.
         n_actions = highest + 1
     elif highest >= n_actions:
         raise ValueError(f"preferences use action {highest}, but ref_probs has only {n_actions} actions")
-    return torch.tensor([int(w) for w, _ in pairs]), torch.tensor([int(l) for _, l in pairs]), n_actions
+    return torch.tensor([w for w, _ in pairs]), torch.tensor([l for _, l in pairs]), n_actions
 
 
 def bandit_ref_logps(ref_probs, n_actions: int | None) -> tuple[torch.Tensor, int]:
