@@ -12,7 +12,7 @@ import torch
 
 from ..maths.bandit import ipo_bandit_optimum
 from ..maths.losses import loss_spec
-from .plots import plain_log_axis, plot_reward_kl_frontier
+from .plots import plain_log_x, plot_reward_kl_frontier
 
 
 def plot_psi(*, ax=None):
@@ -38,7 +38,7 @@ def plot_two_action_optimum(taus, *, ax=None):
     ax.plot(taus, ipo, color="C1", label="IPO: sigmoid(1/(2 tau))")
     ax.axhline(0.5, color="gray", ls=":", lw=1, label="the reference")
     ax.set(xlabel="tau (beta)", ylabel="optimal pi(y1)", ylim=(0.45, 1.03), title="two actions")
-    plain_log_axis(ax, "x")
+    plain_log_x(ax)
     ax.legend(fontsize=8)
     return ax
 

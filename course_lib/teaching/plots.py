@@ -1,8 +1,7 @@
 """Plots of training runs: metrics over steps, reward against KL, and the reward-KL frontier of a sweep.
 
-Plotting only: every number comes from a training history or an evaluation dict. The x axis of a curve is
-the number of updates done when the value was measured: a training step's batch values are measured before
-its update (step s is drawn at s - 1) and evaluations after it, so every curve starts at step 0.
+Every number comes from a history or an evaluation. A curve's x is the number of updates done when the value was
+measured: a step's batch values before its update (step s at s - 1), evaluations after it; so curves start at 0.
 """
 
 from __future__ import annotations
@@ -15,13 +14,12 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from ..maths.losses import PAIRWISE_LOSSES
 
 
-def plain_log_axis(ax, axis: str = "x") -> None:
-    """A log scale with plain tick labels at 1, 2 and 5 times each power of ten (0.5, 1, 2, 5, 10 ...)."""
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    target.set_minor_formatter(NullFormatter())
+def plain_log_x(ax) -> None:
+    """A log x axis with plain tick labels at 1, 2 and 5 times each power of ten (0.5, 1, 2, 5, 10 ...)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def run_label(run: dict) -> str:
@@ -108,7 +106,7 @@ def plot_reward_kl_frontier(points: list[dict], *, ax=None, title=None, log_kl=F
     if reference_reward is not None:
         ax.axhline(reference_reward, color="0.5", ls=":", lw=1, label="reference")
     if log_kl:
-        plain_log_axis(ax, "x")
+        plain_log_x(ax)
     if title:
         ax.set_title(title)
     return _finish(ax, "KL(policy || reference), nats", "true reward of samples")

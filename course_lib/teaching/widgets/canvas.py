@@ -1,9 +1,8 @@
-"""What every explorer shares: a blitting figure rendered to PNG, the slider wiring, and small tables.
+"""What every explorer shares: a blitting figure rendered to PNG, the slider wiring, and a text table.
 
-The figure is drawn once with matplotlib's Agg canvas; the artists that move are marked animated and the
-rest is cached as a background. A redraw restores that background, draws only the moving artists and
-encodes the pixels as PNG, so a widget redraws in well under 100 ms on a CPU and works the same in
-JupyterLab, a static viewer and a test. An explorer is a pure ``compute() -> state`` plus this wiring.
+The figure is drawn once on matplotlib's Agg canvas and cached; a redraw draws only the moving (animated) artists
+over it and encodes PNG, so it takes well under 100 ms on a CPU and works the same in JupyterLab, a static viewer
+and a test. An explorer is a pure ``compute() -> state`` plus this wiring.
 """
 
 from __future__ import annotations
