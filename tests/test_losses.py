@@ -61,13 +61,16 @@ def test_dpo_is_log2_at_zero_margin(generator, beta):
         )
 
 
-@pytest.mark.parametrize("beta", BETAS)
-def test_dpo_matches_the_paper_formula(generator, beta):
-    """Eq. 7: -log sigmoid(beta * h), written with math in float64."""
+@pytest.mark.parametrize("eps, offset", [(0.0, 0.0), (0.2, 0.0), (0.0, 0.5), (0.25, 2.0)])
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_dpo_matches_the_paper_formula(generator, beta, eps, offset):
+    """Eq. 7 (with cDPO's eps and an offset m): -(1-eps) log sigmoid(z) - eps log sigmoid(-z), z = beta h - m,
+    written with math in float64."""
     pc, pr, rc, rr = four_logps(generator)
-    h = (pc - rc) - (pr - rr)
-    expected = torch.tensor([-math.log(1 / (1 + math.exp(-beta * x))) for x in h.tolist()], dtype=torch.float64)
-    torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, beta=beta), expected)
+    z = [beta * h - offset for h in ((pc - rc) - (pr - rr)).tolist()]
+    log_sigmoid = lambda x: -math.log1p(math.exp(-x))  # noqa: E731
+    expected = torch.tensor([-(1 - eps) * log_sigmoid(x) - eps * log_sigmoid(-x) for x in z], dtype=torch.float64)
+    torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps, offset=offset), expected)
 
 
 @pytest.mark.parametrize("beta", BETAS)
@@ -97,31 +100,12 @@ def test_log_ratio_margin_definition(generator):
     torch.testing.assert_close(log_ratio_margin(pr, pc, rr, rc), -log_ratio_margin(pc, pr, rc, rr))
 
 
-@pytest.mark.parametrize("eps", [0.0, 0.1, 0.25, 0.49])
-@pytest.mark.parametrize("beta", [0.1, 1.0])
-def test_cdpo_formula_and_its_finite_optimum(generator, eps, beta):
-    """cDPO: -(1-eps) log sigmoid(beta h) - eps log sigmoid(-beta h); minimised at sigmoid(beta h) = 1 - eps."""
-    pc, pr, rc, rr = four_logps(generator)
-    h = (pc - rc) - (pr - rr)
-    expected = -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
-    torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps), expected)
-    if eps > 0:
-        h_star = math.log((1 - eps) / eps) / beta
-        margin = torch.tensor([h_star], dtype=torch.float64, requires_grad=True)
-        dpo_loss(margin, *with_margin([0.0])[1:], beta=beta, label_smoothing=eps).sum().backward()
-        assert abs(margin.grad.item()) < 1e-12
-
-
-@pytest.mark.parametrize("m", [0.0, 0.5, 2.0])
-@pytest.mark.parametrize("beta", [0.1, 1.0])
-def test_margin_dpo_formula(generator, m, beta):
-    """Offset DPO: -log sigmoid(beta h - m); it reads log 2 where beta h = m."""
-    pc, pr, rc, rr = four_logps(generator)
-    h = (pc - rc) - (pr - rr)
-    torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, beta=beta, offset=m), -F.logsigmoid(beta * h - m))
-    torch.testing.assert_close(
-        dpo_loss(*with_margin([m / beta]), beta=beta, offset=m), torch.tensor([math.log(2)], dtype=torch.float64)
-    )
+@pytest.mark.parametrize("eps", [0.1, 0.25, 0.49])
+def test_cdpo_has_a_finite_optimum(eps):
+    """cDPO is minimised where sigmoid(beta h) = 1 - eps: its gradient vanishes at h* = log((1-eps)/eps) / beta."""
+    margin = torch.tensor([math.log((1 - eps) / eps) / 0.5], dtype=torch.float64, requires_grad=True)
+    dpo_loss(margin, *with_margin([0.0])[1:], beta=0.5, label_smoothing=eps).sum().backward()
+    assert abs(margin.grad.item()) < 1e-12
 
 
 @pytest.mark.parametrize("beta", BETAS)
@@ -193,15 +177,6 @@ def test_rrhf_scores_are_length_normalised():
         rrhf_scores(candidate_logps, candidate_lengths, length_penalty=2.0),
         torch.tensor([[-1.5, -6.0 / 9]], dtype=torch.float64),
     )
-
-
-def test_rrhf_hand_example():
-    """Two candidates, the worse one scores higher by 1: rank = 1 (a hinge with no margin)."""
-    candidate_logps = torch.tensor([[-4.0, -2.0]], dtype=torch.float64)  # scores -2, -1 (lengths 2)
-    candidate_rewards = torch.tensor([[1.0, 0.0]], dtype=torch.float64)  # the first is better
-    rank, sft = rrhf_loss_terms(candidate_logps, torch.tensor([[2, 2]]), candidate_rewards)
-    assert rank.item() == 1.0
-    assert sft.item() == 4.0
 
 
 # --- oracles -------------------------------------------------------------------------------------
@@ -515,19 +490,6 @@ def test_losses_and_gradients_stay_finite_for_huge_margins(name, dtype, beta):
     assert bool(torch.isfinite(loss).all()), loss
     loss.sum().backward()
     assert bool(torch.isfinite(pc.grad).all()) and bool(torch.isfinite(pr.grad).all())
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_seed_formula_overflows_where_the_library_does_not(dtype):
-    """The seed's -log(sigmoid(z)) returns inf for z = beta * h = -200; F.logsigmoid gives 200."""
-    beta = 0.1
-    pc, pr, rc, rr = with_margin([-2000.0], dtype=dtype)
-    z = beta * ((pc - rc) - (pr - rr))
-    seed_version = -torch.log(torch.sigmoid(z))
-    assert bool(torch.isinf(seed_version).all()), "the contrast is real: the seed's formula overflows here"
-    ours = dpo_loss(pc, pr, rc, rr, beta=beta)
-    assert bool(torch.isfinite(ours).all())
-    torch.testing.assert_close(ours.float(), torch.tensor([200.0]), rtol=1e-2, atol=0)
 
 
 # --- bad inputs ----------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ def test_data_dir_honours_env(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad inputs
+LONG = " great" + " and" * 30  # 31 words: with a 3-word prompt and <eos>, 35 positions
 GOOD = {
     "prompt": "the movie was",
     "chosen": " great .",
@@ -158,6 +159,7 @@ BAD_LINES = {
     "is empty": json.dumps({**GOOD, "chosen": " ", "chosen_reward": 0.0}),
     "not in the toy vocabulary": json.dumps({**GOOD, "chosen": " fantastic .", "chosen_reward": 0.0}),
     "true_reward": json.dumps({**GOOD, "chosen_reward": 5.0}),
+    "context of 32": json.dumps({**GOOD, "chosen": LONG, "chosen_reward": true_reward(LONG)}),
 }
 
 
@@ -184,6 +186,12 @@ def test_bad_ranking_lines(data_copy):
         _edit_line(path, 2, json.dumps(bad))
         with pytest.raises(ValueError, match=rf"test\.jsonl, line 2: .*{problem}"):
             D.load_rankings("test", data_dir=data_copy, verify=False)
+
+
+def test_a_data_dir_that_does_not_exist_is_named(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"data_dir .*dta.*did you mean .*data"):
+        D.load_rankings("test", data_dir=tmp_path / "dta", verify=False)
 
 
 @pytest.mark.parametrize("damage", ["changed", "truncated", "deleted"])
