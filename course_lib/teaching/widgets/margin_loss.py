@@ -177,6 +177,9 @@ class MarginLossFigure(BlitFigure):
             )
         for unit, (ax_loss, ax_grad) in self.axes.items():
             ax_grad.axhline(0.0, color="k", lw=0.8)
+            ax_grad.plot([], [], "o", color="0.4", label="at the current h")
+            ax_grad.plot([], [], ":", color="0.4", label="where it stops pushing h up")
+            ax_grad.legend(loc="lower right", fontsize=7)
             for ax, ylabel in ((ax_loss, "loss L"), (ax_grad, "dL/dh")):
                 ax.set(xlim=H_RANGES[unit], xlabel=f"margin h, {unit} log-probs (nats)", ylabel=ylabel)
             ax_loss.set_ylim(0.0, 5.0)
