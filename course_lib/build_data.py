@@ -3,7 +3,8 @@
     python -m course_lib.build_data [--out DIR] [--seed 0] [--small] [--force]
     python -m course_lib.build_data --d1-sweep     # only the IPO bandit's stored sweep (a few minutes)
 
-The build itself is :mod:`course_lib.toyworld.build` (and :func:`course_lib.toyworld.bandit.build_d1_sweep`).
+The build itself is :mod:`course_lib.toyworld.build` (and :func:`course_lib.toyworld.bandit.build_d1_sweep`);
+:func:`build` gives it the library's SFT loop (:func:`course_lib.loop.training.train_sft`) for the reference model.
 """
 
 from __future__ import annotations
@@ -12,8 +13,15 @@ import argparse
 import sys
 import time
 
+from .loop.training import train_sft
+from .toyworld import build as toy_build
 from .toyworld.bandit import build_d1_sweep
-from .toyworld.build import BuildRefused, build
+from .toyworld.build import BuildRefused
+
+
+def build(out=None, **options) -> dict:
+    """:func:`course_lib.toyworld.build.build` (same keywords) with the library's ``train_sft``."""
+    return toy_build.build(out, train_sft=train_sft, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,10 @@ identical files.
     python -m course_lib.compare --out results/
     python -m course_lib.compare --losses dpo ipo --beta 0.1 0.5 --steps 300 --out results/
     python -m course_lib.compare --model Qwen/Qwen2.5-0.5B-Instruct --dataset PATH_OR_HUB_NAME --losses dpo ipo
+
+Only this module parses options: :func:`parse_args` turns them into a :class:`CompareConfig`, which
+:func:`run_comparison` takes. A method is a pairwise loss of ``PAIRWISE_LOSSES`` (trained by
+``train_preference``) or an entry of :data:`RANKING_METHODS` (RRHF, trained by ``train_rrhf``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
+import difflib
 import json
 import math
 import os
@@ -25,13 +31,12 @@ from pathlib import Path
 
 import torch
 
-from .loop.device import default_device
-from .maths.losses import PAIRWISE_LOSSES
+from .loop.device import resolve_device
+from .maths.losses import PAIRWISE_LOSSES, loss_spec
+from .toyworld.runtime import tiny_model_threads
 
 DEFAULT_LOSSES = ("dpo", "ipo", "rrhf")
 DEFAULT_BETA = 0.5
-
-
 PROG = "python -m course_lib.compare"
 #: An evaluation with nothing measured (a run stopped before its first held-out evaluation).
 NO_EVAL = {k: None for k in ("preference_accuracy", "kl", "kl_stderr", "kl_k1", "kl_k3", "reward", "reward_stderr")}
@@ -45,6 +50,29 @@ class ResultsNotWritten(OSError):
     """``results.json`` could not be written (a full disk, a lost mount); the previous file is unchanged."""
 
 
+@dataclasses.dataclass
+class CompareConfig:
+    """What to compare and how: one field per option (``device``, ``model_location`` and
+    ``dataset_location`` already resolved: a ``Path`` for a local folder, a hub id otherwise)."""
+
+    losses: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_LOSSES))
+    beta: list[float] = dataclasses.field(default_factory=lambda: [DEFAULT_BETA])
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    device: torch.device | None = None
+    model: str | None = None
+    dataset: str | None = None
+    labelling: str = "deterministic"
+    eval_samples: int = 256
+    max_train_pairs: int | None = None
+    out: str | None = None
+    progress: bool = True
+    model_location: Path | str | None = None
+    dataset_location: Path | str | None = None
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its error on one line (no usage block): ``PROG: error: --option: what is wrong``."""
 
@@ -52,55 +80,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(kind: str, check, text: str):
+def _number(kind: type, minimum: float, text: str):
+    """``kind(text)``, finite and >= ``minimum`` (> 0 for floats); argparse's error otherwise."""
     try:
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
         ) from None
-    problem = check(value)
-    if problem:
-        raise argparse.ArgumentTypeError(f"must be {problem}, got {text!r}")
+    if kind is float and not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    if kind is int and not minimum <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    return _number(float, lambda v: None if math.isfinite(v) and v > 0 else "a finite number > 0", text)
+    return _number(float, 0, text)
 
 
 def _positive_int(text: str) -> int:
-    return _number(int, lambda v: None if v >= 1 else "an integer >= 1", text)
+    return _number(int, 1, text)
 
 
 def _seed(text: str) -> int:
-    return _number(int, lambda v: None if 0 <= v < 2**63 else "an integer >= 0", text)
-
-
-def resolve_device(requested: str | None) -> torch.device:
-    """The torch device for ``--device`` (None: :func:`default_device`, which reads ``$COURSE_DEVICE``).
-
-    Raises ValueError naming the option (or the variable) for a name torch does not know, or a device
-    this machine does not have.
-    """
-    if requested is None:
-        return default_device()  # ValueError naming COURSE_DEVICE when that is wrong
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"--device {requested!r} is not a torch device ({str(err).splitlines()[0]})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {requested!r}: torch.cuda.is_available() is False on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {requested!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if not (mps is not None and mps.is_available()):
-            raise ValueError(f"--device {requested!r}: torch.backends.mps.is_available() is False on this machine")
-    elif device.type != "cpu":
-        raise ValueError(f"--device {requested!r}: use cpu, cuda, cuda:N or mps")
-    return device
+    return _number(int, 0, text)
 
 
 def check_out(out: str) -> Path:
@@ -119,50 +123,36 @@ def check_out(out: str) -> Path:
     return folder
 
 
-def check_model_option(model: str | None) -> None:
-    """``--model``: a local folder must exist and hold a saved model (config.json); a hub id passes."""
+def local_folder_or_hub_id(given: str | None, option: str, needs: str, hint: str) -> Path | str | None:
+    """Where ``--model`` or ``--dataset`` points, resolved once: a local folder holding ``needs``
+    (``config.json``, ``train.jsonl``), or a hub id. A path that looks local is never sent to the hub."""
     from .toyworld.data import local_path_or_hub_id
 
-    if model is None:
-        return
-    where = local_path_or_hub_id(model, "--model")  # FileNotFoundError for a missing local path
+    if given is None:
+        return None
+    where = local_path_or_hub_id(given, option)  # FileNotFoundError naming the option for a missing local path
+    here = [p.name for p in Path.cwd().iterdir() if p.is_dir()] if isinstance(where, str) and "/" not in where else []
+    close = difflib.get_close_matches(given, here, n=1, cutoff=0.75)  # a typo of a folder here, not a hub name
+    if close:
+        raise FileNotFoundError(
+            f"{option} {given!r}: no such folder ({Path(given).absolute()} does not exist; did you mean {close[0]!r}?)"
+        )
     if isinstance(where, Path):
         if not where.is_dir():
-            raise ValueError(f"--model {model!r} is a file, not a folder written by save_pretrained")
-        if not (where / "config.json").is_file():
+            raise ValueError(f"{option} {given!r} is a file, not a folder")
+        if not (where / needs).is_file():
             found = sorted(p.name for p in where.iterdir())[:8]
             raise ValueError(
-                f"--model {model!r} is not a saved model folder: it has no config.json"
-                + (f" (it holds {found})" if found else " (it is empty)")
+                f"{option} {given!r} has no {needs}" + (f" (it holds {found}{hint})" if found else " (it is empty)")
             )
+    return where
 
 
-def check_dataset_option(dataset: str | None) -> None:
-    """``--dataset``: a local folder must exist and hold train.jsonl; a hub id passes."""
-    from .toyworld.data import local_path_or_hub_id
-
-    if dataset is None:
-        return
-    where = local_path_or_hub_id(dataset, "--dataset")
-    if isinstance(where, Path):
-        if not where.is_dir():
-            raise ValueError(f"--dataset {dataset!r} is a file: pass the folder that holds train.jsonl")
-        if not (where / "train.jsonl").is_file():
-            found = sorted(p.name for p in where.iterdir())[:8]
-            raise ValueError(
-                f"--dataset {dataset!r} has no train.jsonl"
-                + (f" (it holds {found}; a test.jsonl alone is not enough to train on)" if found else " (it is empty)")
-            )
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    """Parse and check every option; bad usage exits with status 2 and one line naming the option.
-
-    Checked before any work: the numbers, ``--device`` (and ``$COURSE_DEVICE``), ``--out`` (created,
-    and written to once), and that a local ``--model`` or ``--dataset`` exists.
-    """
+def _parser() -> _Parser:
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=[*PAIRWISE_LOSSES, "rrhf"])
+    parser.add_argument(
+        "--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=[*PAIRWISE_LOSSES, *RANKING_METHODS]
+    )
     parser.add_argument(
         "--beta", nargs="+", type=_positive_float, default=[DEFAULT_BETA], help="one or several betas (IPO's tau)"
     )
@@ -187,21 +177,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-train-pairs", type=_positive_int, default=None, help="train on the first N pairs")
     parser.add_argument("--out", default=None, help="folder for results.json and the plots")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    checks = (
-        ("--out", lambda: args.out is None or check_out(args.out)),
-        ("--device", lambda: resolve_device(args.device)),
-        ("--model", lambda: check_model_option(args.model)),
-        ("--dataset", lambda: check_dataset_option(args.dataset)),
-    )
-    for option, check in checks:
-        try:
-            check()
-        except (ValueError, FileNotFoundError) as err:
-            message = str(err)
-            named = option in message or "COURSE_DEVICE" in message
-            parser.error(message if named else f"{option}: {message}")
-    return args
+    return parser  # fmt: skip
+
+
+def _resolve_options(config: CompareConfig) -> None:
+    """Check ``--out`` and resolve ``--device``, ``--model`` and ``--dataset`` in place, in that order;
+    UsageError naming the option."""
+    option = "--out"
+    try:
+        if config.out is not None:
+            check_out(config.out)
+        option = "--device"
+        config.device = resolve_device(config.device, name="--device")
+        option = "--model"
+        config.model_location = local_folder_or_hub_id(config.model, option, "config.json", "")
+        option = "--dataset"
+        hint = "; a test.jsonl alone is not enough to train on"
+        config.dataset_location = local_folder_or_hub_id(config.dataset, option, "train.jsonl", hint)
+    except (ValueError, FileNotFoundError) as err:
+        message = str(err)
+        raise UsageError(
+            message if option in message or "COURSE_DEVICE" in message else f"{option}: {message}"
+        ) from None
+
+
+def parse_args(argv=None) -> CompareConfig:
+    """Parse and check every option into a :class:`CompareConfig`; bad usage exits with status 2 and one line
+    naming the option.
+
+    Checked before any work: the numbers, ``--device`` (and ``$COURSE_DEVICE``), ``--out`` (created,
+    and written to once), and that a local ``--model`` or ``--dataset`` exists.
+    """
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    config = CompareConfig(**{k: v for k, v in args.items() if k != "no_progress"}, progress=not args["no_progress"])
+    try:
+        _resolve_options(config)
+    except UsageError as err:
+        parser.error(str(err))
+    return config
 
 
 def load_pairs(
@@ -338,155 +352,198 @@ def unique_prompts(pairs: list[dict]) -> list:
     return [seen[key] for key in sorted(seen)]
 
 
-def run_comparison(args: argparse.Namespace, *, results: dict | None = None, on_run=None) -> dict:
-    """Train and evaluate every (loss, beta) run; return the ``results.json`` dictionary.
+@dataclasses.dataclass
+class World:
+    """What every run of one comparison shares: the reference, its tokenizer and the data."""
+
+    reference: torch.nn.Module
+    tokenizer: object
+    train_pairs: list[dict]
+    test_pairs: list[dict]
+    test_prompts: list
+    rankings: list[dict] | None
+    reward_fn: object  # the toy task's true reward, or None (real data has none)
+
+
+def _load_world(config: CompareConfig) -> World:
+    """Load the model and the data; UsageError naming ``--model`` or ``--dataset`` for what cannot be read."""
+    from .loop.scoring import context_limit
+    from .toyworld import data, models
+    from .toyworld.task import true_rewards
+
+    dtype = torch.bfloat16 if config.device.type == "cuda" and config.model is not None else None
+    try:
+        with _hf_progress_bars(config.progress):
+            reference, tokenizer = models.load_model_and_tokenizer(
+                config.model_location, device=config.device, dtype=dtype
+            )
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--model {config.model or 'data/reference_model'!r}: {err}") from err
+    try:
+        train_pairs, test_pairs = load_pairs(
+            config.dataset_location, config.labelling, tokenizer=tokenizer, context=context_limit(reference)
+        )
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--dataset {config.dataset or 'data/preferences'!r}: {err}") from err
+    rankings = None
+    if any(loss in RANKING_METHODS for loss in config.losses):
+        if config.dataset is None:
+            rankings = data.load_rankings("train")
+        else:
+            print("rrhf skipped: it needs ranked candidate sets, which only the toy data provides", file=sys.stderr)
+    toy = config.model is None and config.dataset is None
+    train_pairs = train_pairs[: config.max_train_pairs] if config.max_train_pairs else train_pairs
+    return World(
+        reference,
+        tokenizer,
+        train_pairs,
+        test_pairs,
+        unique_prompts(test_pairs),
+        rankings,
+        true_rewards if toy else None,
+    )
+
+
+def _settings(config: CompareConfig, world: World, batch_size: int, eval_batch_size: int) -> dict:
+    """The trainers' keywords, with a held-out evaluation five times per run and at its end."""
+    from .loop import evaluation
+
+    evaluate = evaluation.make_evaluator(
+        world.reference, world.tokenizer, every=max(1, config.steps // 5), pairs=world.test_pairs,
+        prompts=world.test_prompts, n_samples=config.eval_samples, seed=config.seed, reward_fn=world.reward_fn,
+        batch_size=eval_batch_size,
+    )  # fmt: skip
+    return dict(steps=config.steps, lr=config.lr, seed=config.seed, device=config.device, tokenizer=world.tokenizer,
+                progress=config.progress, batch_size=batch_size, evaluate=evaluate)  # fmt: skip
+
+
+def _train_pairwise(policy, world: World, config: CompareConfig, loss: str, beta: float):
+    from .loop import training
+
+    settings = _settings(config, world, config.batch_size, config.batch_size)
+    return training.train_preference(policy, world.reference, world.train_pairs, loss=loss, beta=beta, **settings)
+
+
+def _train_rrhf(policy, world: World, config: CompareConfig, loss: str, beta: None):
+    from .loop import training
+
+    batch_size = max(1, config.batch_size // 4)  # prompts per step, K candidates each
+    rows = batch_size * len(world.rankings[0]["responses"])  # sequences per step
+    return training.train_rrhf(policy, world.rankings, **_settings(config, world, batch_size, max(1, rows // 2)))
+
+
+#: Methods trained on ranked candidate sets (no beta; the toy data only). Every other method is a loss of
+#: ``PAIRWISE_LOSSES``, trained by ``_train_pairwise``.
+RANKING_METHODS = {"rrhf": _train_rrhf}
+
+
+def planned_runs(config: CompareConfig, has_rankings: bool) -> list[tuple[str, float | None]]:
+    """(method, beta) of every run, in order: each beta's runs together; a ranking method once, beta None."""
+    runs = []
+    for beta in config.beta:
+        for loss in config.losses:
+            if loss not in RANKING_METHODS:
+                runs.append((loss, beta))
+            elif has_rankings and beta == config.beta[0]:
+                runs.append((loss, None))
+    return runs
+
+
+def run_label(loss: str, beta: float | None) -> str:
+    return loss if beta is None else f"{loss} (beta={beta:g})"
+
+
+def _final_evaluation(policy, history, world: World, config: CompareConfig) -> dict:
+    """The held-out evaluation after the last step (the evaluator's, or a new one), and four samples."""
+    from .loop import evaluation
+    from .toyworld import sampling
+
+    if history.evals and history.evals[-1]["step"] == len(history):
+        result = dict(history.evals[-1])
+    else:
+        result = evaluation.evaluate_policy(
+            policy, world.reference, world.tokenizer, pairs=world.test_pairs, prompts=world.test_prompts,
+            n_samples=config.eval_samples, seed=config.seed, reward_fn=world.reward_fn, with_samples=False,
+        )  # fmt: skip
+    result.pop("step", None)
+    generator = torch.Generator().manual_seed(config.seed)
+    shown = world.test_prompts[:4]  # (strings, or conversations for chat datasets)
+    responses = sampling.sample_responses(policy, world.tokenizer, shown, generator=generator)
+    result["samples"] = [{"prompt": p, "response": r} for p, r in zip(shown, responses)]
+    return result
+
+
+def run_one(loss: str, beta: float | None, world: World, config: CompareConfig) -> dict:
+    """Train one method from a copy of the reference and evaluate it: its ``results.json`` entry.
+
+    A run whose loss or gradient became non-finite is kept, with ``"failed"``; a Ctrl-C after its first
+    step is kept, ``"interrupted"``, with its last held-out evaluation; one before it propagates.
+    """
+    from .loop.training import TrainingDiverged
+
+    policy = copy.deepcopy(world.reference).float()  # fp32 master weights; bf16 autocast computes on CUDA
+    policy.requires_grad_(True)
+    failed = None
+    try:
+        history = RANKING_METHODS.get(loss, _train_pairwise)(policy, world, config, loss, beta)
+    except TrainingDiverged as err:
+        history, failed = err.history, str(err)
+        print(f"{run_label(loss, beta)} failed: {err}", file=sys.stderr)
+    interrupted, evaluation = history.interrupted, None
+    if not interrupted and failed is None:
+        try:
+            evaluation = _final_evaluation(policy, history, world, config)
+        except KeyboardInterrupt:
+            interrupted = True
+    if evaluation is None:  # stopped: its last held-out evaluation stands for it
+        last = dict(history.evals[-1]) if history.evals else {"step": None, **NO_EVAL}
+        evaluation = {"eval_step": last.pop("step"), **last}
+    run = {
+        "loss": loss,
+        "beta": beta,
+        "eq11_margin": eq11_mean_margin(world.train_pairs, beta) if loss == "ipo" else None,  # IPO's optimum
+        "length_normalize": True if loss in RANKING_METHODS else loss_spec(loss).average_logps,
+        "steps": config.steps,
+        "seed": config.seed,
+        "interrupted": interrupted,
+        "history": list(history),
+        "evals": history.evals,
+        "eval": evaluation,
+    }
+    return {**run, "failed": failed} if failed is not None else run
+
+
+def run_comparison(config: CompareConfig, *, results: dict | None = None, on_run=None) -> dict:
+    """Train and evaluate every (method, beta) run of ``config``; return the ``results.json`` dictionary.
 
     ``results`` (filled in place, so a caller keeps what is done if this raises) gets one entry in
     ``results["runs"]`` per run as soon as it ends, and ``on_run(results)`` is called then (``main``
     writes ``results.json`` there). Ctrl-C stops everything: the run in progress is kept, marked
     ``"interrupted"`` (its last held-out evaluation stands for its result), no further run starts, and
-    ``results["interrupted"]`` is True. A run whose loss or gradient became non-finite is kept, marked
-    ``"failed"`` with the message, and the other runs go on.
+    ``results["interrupted"]`` is True. A failed run is kept, marked ``"failed"``, and the others go on.
     """
-    from .loop.evaluation import evaluate_policy, make_evaluator
-    from .loop.training import TrainingDiverged, context_limit, default_length_normalize, train_preference, train_rrhf
-    from .toyworld.models import load_model_and_tokenizer
-    from .toyworld.sampling import sample_responses
-
     results = results if results is not None else {}
-    results.setdefault("model", args.model or "data/reference_model")
-    results.setdefault("dataset", args.dataset or f"data/preferences ({args.labelling})")
+    results.setdefault("model", config.model or "data/reference_model")
+    results.setdefault("dataset", config.dataset or f"data/preferences ({config.labelling})")
     results.setdefault("runs", [])
-    device = resolve_device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" and args.model is not None else None
-    try:
-        with _hf_progress_bars(not args.no_progress):
-            reference, tokenizer = load_model_and_tokenizer(args.model, device=device, dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--model {args.model or 'data/reference_model'!r}: {err}") from err
-    try:
-        train_pairs, test_pairs = load_pairs(
-            args.dataset, args.labelling, tokenizer=tokenizer, context=context_limit(reference)
-        )
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--dataset {args.dataset or 'data/preferences'!r}: {err}") from err
-    if args.max_train_pairs:
-        train_pairs = train_pairs[: args.max_train_pairs]
-    test_prompts = unique_prompts(test_pairs)
-    toy = args.model is None and args.dataset is None
-    reward_fn = None if toy else False
-    rankings = None
-    if "rrhf" in args.losses:
-        if args.dataset is None:
-            from .toyworld.data import load_rankings
-
-            rankings = load_rankings("train")
-        else:
-            print("rrhf skipped: it needs ranked candidate sets, which only the toy data provides", file=sys.stderr)
-
-    for beta in args.beta:
-        for loss in args.losses:
-            if loss == "rrhf" and (rankings is None or beta != args.beta[0]):
-                continue  # RRHF has no beta: run it once
-            label = loss if loss == "rrhf" else f"{loss} (beta={beta:g})"
-            policy = copy.deepcopy(reference).float()  # fp32 master weights; bf16 autocast computes on CUDA
-            policy.requires_grad_(True)
-            common = dict(
-                steps=args.steps,
-                lr=args.lr,
-                seed=args.seed,
-                device=device,
-                tokenizer=tokenizer,
-                progress=not args.no_progress,
-            )
-            held_out = dict(
-                pairs=test_pairs,
-                prompts=test_prompts,
-                every=max(1, args.steps // 5),
-                n_samples=args.eval_samples,
-                seed=args.seed,
-                reward_fn=reward_fn,
-            )
-            failed = None
+    world = _load_world(config)
+    with tiny_model_threads(world.reference):  # one thread for the toy model, set once for every run
+        for loss, beta in planned_runs(config, world.rankings is not None):
+            label = run_label(loss, beta)
             try:
-                if loss == "rrhf":
-                    batch_size = max(1, args.batch_size // 4)  # prompts per step, K candidates each
-                    rows = batch_size * len(rankings[0]["responses"])  # sequences per step
-                    evaluate = make_evaluator(reference, tokenizer, batch_size=max(1, rows // 2), **held_out)
-                    length_normalize, run_beta = True, None
-                    history = train_rrhf(policy, rankings, batch_size=batch_size, evaluate=evaluate, **common)
-                else:
-                    length_normalize = default_length_normalize(loss)
-                    evaluate = make_evaluator(reference, tokenizer, batch_size=args.batch_size, **held_out)
-                    run_beta = beta
-                    history = train_preference(
-                        policy,
-                        reference,
-                        train_pairs,
-                        loss=loss,
-                        beta=beta,
-                        batch_size=args.batch_size,
-                        length_normalize=length_normalize,
-                        evaluate=evaluate,
-                        **common,
-                    )
+                run = run_one(loss, beta, world, config)
             except KeyboardInterrupt:  # before the first step (the reference precompute, step 0's evaluation)
                 print(f"interrupted: {label} had not taken a step; no further run starts", file=sys.stderr)
                 results["interrupted"] = True
                 return results
-            except TrainingDiverged as err:
-                history, failed = err.history, str(err)
-                print(f"{label} failed: {err}", file=sys.stderr)
-            interrupted = history.interrupted
-            evaluation = None
-            if not interrupted and failed is None:
-                try:
-                    if history.evals and history.evals[-1]["step"] == len(history):
-                        evaluation = dict(history.evals[-1])  # the held-out evaluation after the last step
-                    else:
-                        evaluation = evaluate_policy(
-                            policy,
-                            reference,
-                            tokenizer,
-                            pairs=test_pairs,
-                            prompts=test_prompts,
-                            n_samples=args.eval_samples,
-                            seed=args.seed,
-                            reward_fn=reward_fn,
-                            with_samples=False,
-                        )
-                    evaluation.pop("step", None)
-                    generator = torch.Generator().manual_seed(args.seed)
-                    shown = test_prompts[:4]  # (strings, or conversations for chat datasets)
-                    evaluation["samples"] = [
-                        {"prompt": p, "response": r}
-                        for p, r in zip(shown, sample_responses(policy, tokenizer, shown, generator=generator))
-                    ]
-                except KeyboardInterrupt:
-                    interrupted, evaluation = True, None
-            if evaluation is None:  # stopped: its last held-out evaluation stands for it
-                last = dict(history.evals[-1]) if history.evals else {"step": None, **NO_EVAL}
-                evaluation = {"eval_step": last.pop("step"), **last}
-            run = {
-                "loss": loss,
-                "beta": run_beta,
-                "eq11_margin": eq11_mean_margin(train_pairs, beta) if loss == "ipo" else None,
-                "length_normalize": length_normalize,
-                "steps": args.steps,
-                "seed": args.seed,
-                "interrupted": interrupted,
-                "history": list(history),
-                "evals": history.evals,
-                "eval": evaluation,
-            }
-            if failed is not None:
-                run["failed"] = failed
             results["runs"].append(run)
             if on_run is not None:
                 on_run(results)
-            del policy
-            if interrupted:
-                print(f"interrupted: {label} stopped after step {len(history)}; no further run starts", file=sys.stderr)
+            if run["interrupted"]:
+                print(
+                    f"interrupted: {label} stopped after step {len(run['history'])}; no further run starts",
+                    file=sys.stderr,
+                )
                 results["interrupted"] = True
                 return results
     return results
@@ -495,7 +552,7 @@ def run_comparison(args: argparse.Namespace, *, results: dict | None = None, on_
 def eq11_mean_margin(pairs: list[dict], beta: float) -> float | None:
     """Mean of IPO's Eq. 11 optimum over ``pairs`` (:func:`course_lib.ipo_optimal_margins`), where IPO's margins go
     on this data set rather than Eq. 17's per-pair 1/(2 beta); None when the pairs carry no true rewards."""
-    from .toyworld.psi_po import ipo_optimal_margins
+    from .toyworld.ipo_optimum_pairs import ipo_optimal_margins
 
     if not all("chosen_reward" in p and "rejected_reward" in p for p in pairs):
         return None
@@ -574,10 +631,10 @@ def main(argv=None) -> int:
     a Ctrl-C or a full disk.
     """
     try:
-        args = parse_args(argv)
+        config = parse_args(argv)
     except SystemExit as done:  # --help, or bad usage (argparse's exit)
         return done.code if isinstance(done.code, int) else 0
-    out = Path(args.out).expanduser() if args.out else None
+    out = Path(config.out).expanduser() if config.out else None
     results: dict = {}
 
     def write_each_run(results: dict) -> None:
@@ -589,7 +646,7 @@ def main(argv=None) -> int:
             ) from err
 
     try:
-        run_comparison(args, results=results, on_run=write_each_run if out else None)
+        run_comparison(config, results=results, on_run=write_each_run if out else None)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -200,7 +200,7 @@ def test_the_same_evaluator_serves_several_runs(world):
     [(dict(every=0), "every"), (dict(every=2.0), "every"), (dict(every=2, pairs=None, prompts=None), "pairs")],
 )
 def test_make_evaluator_rejects_bad_arguments(world, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         _evaluator(world, **kwargs)
 
 
@@ -473,7 +473,7 @@ def test_evaluate_policy_without_data_returns_nones(world):
         world["tokenizer"],
         prompts=world["test_prompts"][:4],
         n_samples=8,
-        reward_fn=False,
+        reward_fn=None,
     )
     assert no_reward["reward"] is None and no_reward["reward_stderr"] is None and no_reward["kl"] == 0.0
 

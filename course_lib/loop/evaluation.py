@@ -9,23 +9,54 @@
 - **True reward**: the toy task's closed-form reward of the same samples (the DPO paper's
   reward-versus-KL view).
 
-:func:`make_evaluator` builds the trainers' ``evaluate`` callback from these.
+:func:`make_evaluator` builds the trainers' ``evaluate`` callback from these. A tiny model on the CPU is
+evaluated on one torch thread (``toyworld.runtime.tiny_model_threads``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
 import torch
 
+from ..maths.checks import check_int
 from ..maths.kl import kl_estimators, sequence_kl
 from ..maths.logprobs import sequence_logps
 from ..maths.losses import log_ratio_margin
 from ..toyworld.batching import encode_prompt_response
-from ..toyworld.runtime import runs_tiny_models_on_one_thread
+from ..toyworld.runtime import tiny_model_threads
 from ..toyworld.sampling import sample_responses
+from ..toyworld.task import true_rewards
 from .scoring import autocast_for, borrowed, model_device, pair_logps
+
+EVAL_KEYS = ("preference_accuracy", "kl", "kl_stderr", "kl_k1", "kl_k3", "reward", "reward_stderr")
+SHOWN = 4  # samples kept in the result (``with_samples``)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How :func:`evaluate_policy` measures; it and :func:`make_evaluator` take these as keywords.
+
+    ``n_samples`` prompts (cycled) are sampled with a generator seeded with ``seed``; ``reward_fn`` maps
+    responses to a (N,) tensor (the toy task's true reward; None skips it: real models have none); no
+    forward pass sees more than ``2 * batch_size`` sequences; ``with_samples`` keeps a few samples.
+    """
+
+    n_samples: int = 256
+    seed: int = 0
+    reward_fn: Callable | None = true_rewards
+    with_samples: bool = True
+    batch_size: int = 128
+
+    def __post_init__(self):
+        check_int("n_samples", self.n_samples, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        if self.reward_fn is not None and not callable(self.reward_fn):
+            raise TypeError(
+                f"reward_fn must be a function of the responses, or None to skip the reward, got {self.reward_fn!r}"
+            )
 
 
 def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -35,33 +66,6 @@ def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-@runs_tiny_models_on_one_thread
-def preference_accuracy(
-    policy: torch.nn.Module,
-    reference: torch.nn.Module,
-    tokenizer,
-    pairs: list[dict],
-    *,
-    ref_logps: dict[str, torch.Tensor] | None = None,
-    batch_size: int = 128,
-) -> float:
-    """Fraction of pairs with h > 0 (summed log-probs; strict, so ties count as wrong).
-
-    Forward passes see at most ``2 * batch_size`` sequences.
-    """
-    policy_logps = pair_logps(policy, tokenizer, pairs, batch_size=batch_size)
-    ref_logps = ref_logps if ref_logps is not None else pair_logps(reference, tokenizer, pairs, batch_size=batch_size)
-    h = log_ratio_margin(
-        policy_logps["chosen_logps"],
-        policy_logps["rejected_logps"],
-        ref_logps["chosen_logps"],
-        ref_logps["rejected_logps"],
-    )  # (N,)
-    return (h > 0).float().mean().item()
-
-
-@torch.no_grad()
-@runs_tiny_models_on_one_thread
 def pair_margins(
     policy: torch.nn.Module,
     reference: torch.nn.Module,
@@ -93,37 +97,14 @@ def pair_margins(
     ).cpu()
 
 
+def preference_accuracy(policy, reference, tokenizer, pairs: list[dict], *, batch_size: int = 128) -> float:
+    """Fraction of pairs with h > 0 (summed log-probs; strict, so ties count as wrong)."""
+    return (pair_margins(policy, reference, tokenizer, pairs, batch_size=batch_size) > 0).float().mean().item()
+
+
 @torch.no_grad()
-@runs_tiny_models_on_one_thread
-def sample_kl(
-    policy: torch.nn.Module,
-    reference: torch.nn.Module,
-    tokenizer,
-    prompts: list,
-    *,
-    generator: torch.Generator,
-    max_new_tokens: int = 12,
-    batch_size: int = 256,
-) -> dict:
-    """Sample one response per prompt from the policy; per-sample exact KL, k1, k3 and the samples.
-
-    Forward passes see at most ``batch_size`` sequences.
-    Returns ``{"responses": [str]*N, "kl": (N,), "k1": (N,), "k3": (N,)}`` (tensors on CPU, fp32).
-    """
-    responses = sample_responses(
-        policy, tokenizer, prompts, max_new_tokens=max_new_tokens, generator=generator, batch_size=batch_size
-    )
-    parts = [
-        _chunk_kl(policy, reference, tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size])
-        for i in range(0, len(prompts), batch_size)
-    ]
-    return {"responses": responses, **{k: torch.cat([part[k] for part in parts]) for k in ("kl", "k1", "k3")}}
-
-
-def _chunk_kl(
-    policy: torch.nn.Module, reference: torch.nn.Module, tokenizer, prompts: list, responses: list[str]
-) -> dict[str, torch.Tensor]:
-    """Exact KL, k1 and k3 of one chunk of (prompt, sampled response) pairs, on CPU."""
+def _chunk_kl(policy, reference, tokenizer, prompts: list, responses: list[str]) -> dict[str, torch.Tensor]:
+    """Exact KL, k1 and k3 of one chunk of (prompt, sampled response) pairs, (n,) each on CPU."""
     batch = {k: v.to(model_device(policy)) for k, v in encode_prompt_response(tokenizer, prompts, responses).items()}
     with autocast_for(model_device(policy)):
         policy_logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
@@ -141,8 +122,42 @@ def _chunk_kl(
     return {"kl": exact.cpu(), "k1": estimates["k1"].cpu(), "k3": estimates["k3"].cpu()}
 
 
+def sample_kl(
+    policy, reference, tokenizer, prompts: list, *, generator: torch.Generator, batch_size: int = 256
+) -> dict:
+    """Sample one response per prompt from the policy; per-sample exact KL, k1 and k3, and the samples.
+
+    Forward passes see at most ``batch_size`` sequences.
+    Returns ``{"responses": [str]*N, "kl": (N,), "k1": (N,), "k3": (N,)}`` (tensors on CPU, fp32).
+    """
+    responses = sample_responses(policy, tokenizer, prompts, generator=generator, batch_size=batch_size)
+    parts = [
+        _chunk_kl(policy, reference, tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size])
+        for i in range(0, len(prompts), batch_size)
+    ]
+    return {"responses": responses, **{k: torch.cat([part[k] for part in parts]) for k in ("kl", "k1", "k3")}}
+
+
+def _sampled_figures(policy, reference, tokenizer, prompts: list, settings: EvalSettings) -> dict:
+    """KL (exact, k1, k3), reward and a few samples of ``n_samples`` responses to the cycled ``prompts``."""
+    chosen_prompts = [prompts[i % len(prompts)] for i in range(settings.n_samples)]
+    generator = torch.Generator().manual_seed(settings.seed)
+    sampled = sample_kl(
+        policy, reference, tokenizer, chosen_prompts, generator=generator, batch_size=2 * settings.batch_size
+    )
+    result = dict(zip(("kl", "kl_stderr"), _mean_stderr(sampled["kl"])))
+    result["kl_k1"] = sampled["k1"].double().mean().item()
+    result["kl_k3"] = sampled["k3"].double().mean().item()
+    if settings.reward_fn is not None:
+        rewards = torch.as_tensor(settings.reward_fn(sampled["responses"]))
+        result["reward"], result["reward_stderr"] = _mean_stderr(rewards)
+    if settings.with_samples:
+        shown = zip(chosen_prompts[:SHOWN], sampled["responses"][:SHOWN])
+        result["samples"] = [{"prompt": p, "response": r} for p, r in shown]
+    return result
+
+
 @torch.no_grad()
-@runs_tiny_models_on_one_thread
 def evaluate_policy(
     policy: torch.nn.Module,
     reference: torch.nn.Module,
@@ -150,58 +165,31 @@ def evaluate_policy(
     *,
     pairs: list[dict] | None = None,
     prompts: list[str] | None = None,
-    n_samples: int = 256,
-    seed: int = 0,
-    reward_fn=None,
-    with_samples: bool = True,
-    n_shown: int = 4,
-    batch_size: int = 128,
+    **settings,
 ) -> dict:
     """Evaluate a policy against its reference on held-out data.
 
     Args:
-        pairs: held-out preference pairs, for ``preference_accuracy``.
+        pairs: held-out preference pairs, for :func:`preference_accuracy`.
         prompts: held-out prompts; ``n_samples`` of them (cycled) are sampled from the policy for the
-            KL and the reward. Sampling uses its own generator seeded with ``seed``.
-        reward_fn: maps a list of responses to a (N,) tensor; defaults to the toy task's true reward.
-            Pass ``False`` to skip it (real models have no true reward).
-        batch_size: no forward pass sees more than ``2 * batch_size`` sequences (memory on real models).
+            KL and the reward.
+        settings: :class:`EvalSettings` keywords: ``n_samples`` (256), ``seed`` (0), ``reward_fn`` (the toy
+            task's true reward; None skips it), ``with_samples`` (True), ``batch_size`` (128).
 
     Returns:
         dict with ``preference_accuracy``; ``kl``, ``kl_stderr``, ``kl_k1``, ``kl_k3`` (means over
         samples); ``reward``, ``reward_stderr``; and, if ``with_samples``, ``samples``: a few
         (prompt, response) pairs. Missing inputs give ``None`` for their entries.
     """
-    result = {
-        "preference_accuracy": None,
-        "kl": None,
-        "kl_stderr": None,
-        "kl_k1": None,
-        "kl_k3": None,
-        "reward": None,
-        "reward_stderr": None,
-    }
-    if pairs:
-        result["preference_accuracy"] = preference_accuracy(policy, reference, tokenizer, pairs, batch_size=batch_size)
-    if prompts:
-        chosen_prompts = [prompts[i % len(prompts)] for i in range(n_samples)]
-        generator = torch.Generator().manual_seed(seed)
-        sampled = sample_kl(
-            policy, reference, tokenizer, chosen_prompts, generator=generator, batch_size=2 * batch_size
-        )
-        result["kl"], result["kl_stderr"] = _mean_stderr(sampled["kl"])
-        result["kl_k1"] = sampled["k1"].double().mean().item()
-        result["kl_k3"] = sampled["k3"].double().mean().item()
-        if reward_fn is None:
-            from ..toyworld.task import true_rewards
-
-            reward_fn = true_rewards
-        if reward_fn is not False:
-            result["reward"], result["reward_stderr"] = _mean_stderr(torch.as_tensor(reward_fn(sampled["responses"])))
-        if with_samples:
-            result["samples"] = [
-                {"prompt": p, "response": r} for p, r in zip(chosen_prompts[:n_shown], sampled["responses"][:n_shown])
-            ]
+    options = EvalSettings(**settings)
+    result = dict.fromkeys(EVAL_KEYS)
+    with tiny_model_threads(policy):
+        if pairs:
+            result["preference_accuracy"] = preference_accuracy(
+                policy, reference, tokenizer, pairs, batch_size=options.batch_size
+            )
+        if prompts:
+            result.update(_sampled_figures(policy, reference, tokenizer, prompts, options))
     return result
 
 
@@ -212,12 +200,9 @@ def make_evaluator(
     every: int,
     pairs: list[dict] | None = None,
     prompts: list | None = None,
-    n_samples: int = 256,
-    seed: int = 0,
-    reward_fn=None,
-    batch_size: int = 128,
     margin_pairs: dict[str, list[dict]] | None = None,
     length_normalize: bool = False,
+    **settings,
 ) -> Callable[[torch.nn.Module, int, int], dict | None]:
     """The trainers' ``evaluate`` callback: :func:`evaluate_policy` at step 0, every ``every`` steps and at the end.
 
@@ -228,8 +213,8 @@ def make_evaluator(
     Args:
         reference, tokenizer: the frozen reference the KL and the accuracy are measured against.
         every: evaluate when ``step % every == 0`` (step 0 included) and after the last step.
-        pairs, prompts, n_samples, seed, reward_fn, batch_size: as in :func:`evaluate_policy`
-            (``with_samples`` is False). To match a trainer's own batching, pass its ``batch_size``.
+        pairs, prompts, settings: as in :func:`evaluate_policy` (``with_samples`` is False). To match a
+            trainer's own batching, pass its ``batch_size``.
         margin_pairs: ``{name: pairs}``; each evaluation also stores ``margin/<name>``, the mean margin h
             over those pairs (:func:`pair_margins`, ``length_normalize`` as the loss sees it), e.g. the
             training pairs beside held-out ones, to see a policy memorise its sample.
@@ -240,8 +225,8 @@ def make_evaluator(
         history = train_preference(policy, reference, train_pairs, loss="ipo", evaluate=evaluate)
         history.evals  # [{"step": 0, "preference_accuracy": ..., "kl": ..., ...}, {"step": 50, ...}, ...]
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be an int >= 1 (steps between evaluations), got {every!r}")
+    check_int("every", every, minimum=1)
+    options = EvalSettings(**{**settings, "with_samples": False})
     if not pairs and not prompts:
         raise ValueError("make_evaluator needs held-out pairs (for the accuracy) or prompts (for the KL), got neither")
     if margin_pairs is not None and (
@@ -253,31 +238,15 @@ def make_evaluator(
     def evaluate(policy: torch.nn.Module, step: int, steps: int) -> dict | None:
         if step % every and step != steps:
             return None
-        with borrowed(reference, model_device(policy)):
-            result = evaluate_policy(
-                policy,
-                reference,
-                tokenizer,
-                pairs=pairs,
-                prompts=prompts,
-                n_samples=n_samples,
-                seed=seed,
-                reward_fn=reward_fn,
-                with_samples=False,
-                batch_size=batch_size,
-            )
+        with tiny_model_threads(policy), borrowed(reference, model_device(policy)):
+            result = evaluate_policy(policy, reference, tokenizer, pairs=pairs, prompts=prompts, **vars(options))
             for name, some_pairs in (margin_pairs or {}).items():
                 if name not in ref_sides:
-                    ref_sides[name] = pair_logps(reference, tokenizer, some_pairs, batch_size=batch_size)
+                    ref_sides[name] = pair_logps(reference, tokenizer, some_pairs, batch_size=options.batch_size)
                 margins = pair_margins(
-                    policy,
-                    reference,
-                    tokenizer,
-                    some_pairs,
-                    length_normalize=length_normalize,
-                    ref_logps=ref_sides[name],
-                    batch_size=batch_size,
-                )
+                    policy, reference, tokenizer, some_pairs, length_normalize=length_normalize,
+                    ref_logps=ref_sides[name], batch_size=options.batch_size,
+                )  # fmt: skip
                 result[f"margin/{name}"] = margins.double().mean().item()
         return result
 

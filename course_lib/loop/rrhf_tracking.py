@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from ..maths.checks import check_int
 from ..maths.rrhf_gradients import rrhf_candidate_gradients
 from ..toyworld.batching import encode_prompt_response
-from ..toyworld.runtime import runs_tiny_models_on_one_thread
 from .scoring import response_logps
 
 
 @torch.no_grad()
-@runs_tiny_models_on_one_thread
 def ranking_logps(model: torch.nn.Module, tokenizer, rankings: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs and lengths of every candidate of ``rankings``: ``(logps, lengths)``, (N, K) each."""
     if not rankings:
@@ -53,8 +52,7 @@ def make_candidate_gradient_tracker(
     gradient is negative (pushed up) or positive (pushed down); ``logp``: K floats, the mean summed
     log-prob at each place.
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be a whole number >= 1, got {every!r}")
+    check_int("every", every, minimum=1)
     rewards = torch.tensor([r["rewards"] for r in rankings], dtype=torch.float32)  # (N, K)
     places = places_by_reward(rewards)  # (N, K)
 

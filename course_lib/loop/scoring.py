@@ -7,12 +7,12 @@ Shared by the training loops and the held-out evaluation (:mod:`course_lib.loop.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 
 from ..maths.logprobs import IGNORE_INDEX, token_logps
 from ..toyworld.batching import encode_prompt_response
-from ..toyworld.runtime import runs_tiny_models_on_one_thread
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -34,6 +34,30 @@ def borrowed(model: torch.nn.Module, device: torch.device):
         torch.cuda.empty_cache()
 
 
+def context_limit(model) -> int | None:
+    """The number of positions the model can attend to (GPT-2's ``n_positions``, Llama's
+    ``max_position_embeddings``), or None when its config does not say."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model, encoded: dict[str, torch.Tensor], describe: Callable[[int], str]) -> None:
+    """Every encoded row fits the model's context; the first that does not is named by ``describe(row)``."""
+    limit = context_limit(model)
+    lengths = encoded["attention_mask"].sum(-1)  # (N,) prompt + response + eos
+    too_long = torch.nonzero(lengths > limit).flatten() if limit is not None else []
+    if len(too_long):
+        row = int(too_long[0])
+        raise ValueError(
+            f"{describe(row)} is {int(lengths[row])} tokens long (prompt + response + eos), but the model allows "
+            f"{limit} positions ({len(too_long)} row(s) too long); shorten or drop those examples"
+        )
+
+
 def autocast_for(device: torch.device):
     """bf16 autocast on CUDA; a disabled autocast elsewhere (CPU and MPS compute in fp32)."""
     if device.type == "cuda":
@@ -41,7 +65,6 @@ def autocast_for(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-@runs_tiny_models_on_one_thread
 def response_logps(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], *, trim: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +90,6 @@ def response_logps(
 
 
 @torch.no_grad()
-@runs_tiny_models_on_one_thread
 def pair_logps(
     model: torch.nn.Module, tokenizer, pairs: list[dict], *, batch_size: int = 256
 ) -> dict[str, torch.Tensor]:
@@ -82,8 +104,13 @@ def pair_logps(
         both = encode_prompt_response(
             tokenizer, prompts + prompts, [p["chosen"] for p in chunk] + [p["rejected"] for p in chunk]
         )
-        logps, lengths = response_logps(model, both)
         n = len(chunk)
+        check_fits(
+            model,
+            both,
+            lambda row, start=start, n=n: f"pairs[{start + row % n}] (prompt + {('chosen', 'rejected')[row // n]})",
+        )
+        logps, lengths = response_logps(model, both)
         out["chosen_logps"].append(logps[:n].cpu())
         out["rejected_logps"].append(logps[n:].cpu())
         out["chosen_lengths"].append(lengths[:n].cpu())

@@ -24,7 +24,6 @@ import torch
 from transformers import GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from .batching import encode_prompt_response
 from .data import MANIFEST, DataIntegrityError, data_dir, read_manifest, write_manifest
 from .models import build_reference_config, build_tokenizer
 from .sampling import sample_responses
@@ -33,6 +32,7 @@ from .task import NEGATIVE_WORDS, POSITIVE_WORDS, PROMPTS, VOCAB, true_reward
 FULL = dict(corpus=4000, steps=400, batch=64, pref_train=2000, pref_test=256, rank_train=500, rank_test=100)
 SMALL = dict(corpus=400, steps=30, batch=32, pref_train=100, pref_test=30, rank_train=20, rank_test=10)
 K = 4  # responses per ranking
+LR = 3e-3  # the reference model's SFT learning rate
 MAX_NEW_TOKENS = 12
 OUTPUTS = ("sft", "preferences", "rankings", "reference_model", "README.md", MANIFEST)
 #: Files an earlier build may hold that this one keeps (and lists in its manifest): built by other commands.
@@ -98,32 +98,17 @@ def build_corpus(n: int, rng: random.Random) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- 3. reference model
-def train_reference(corpus: list[dict], tokenizer, steps: int, batch: int, seed: int) -> tuple[GPT2LMHeadModel, float]:
-    """Trains the tiny GPT-2 on the corpus (loss on completion + <eos> only); returns (model, final loss)."""
+def train_reference(corpus: list[dict], tokenizer, sizes: dict, seed: int, train_sft) -> tuple[GPT2LMHeadModel, float]:
+    """The tiny GPT-2 trained by ``train_sft`` (the library's SFT loop, passed in by ``course_lib.build_data``)
+    on the corpus, loss on completion + <eos> only; returns (model in eval mode, mean loss of the last 20 steps)."""
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(build_reference_config(len(tokenizer)))
-    enc = encode_prompt_response(tokenizer, [r["prompt"] for r in corpus], [r["completion"] for r in corpus])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    )
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    recent = []
-    for _ in range(steps):
-        idx = torch.randint(len(corpus), (batch,), generator=g)
-        logits = model(input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx]).logits
-        # logits[:, t-1] predicts token t; labels are -100 on prompt and padding
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), enc["labels"][idx, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        recent = (recent + [loss.item()])[-20:]
+    history = train_sft(
+        model, corpus, steps=sizes["steps"], batch_size=sizes["batch"], lr=LR, seed=seed, device="cpu",
+        tokenizer=tokenizer, progress=False,
+    )  # fmt: skip
     model.eval()
-    return model, sum(recent) / len(recent)
+    return model, _mean(history.column("loss")[-20:])
 
 
 # ----------------------------------------------------------------------------- 4./5. preferences and rankings
@@ -218,73 +203,52 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs)
 
 
-def _build_into(out: Path, seed: int, small: bool, say) -> dict:
+def _write_preferences(out: Path, model, tokenizer, prompts: list[str], sizes: dict, seed: int) -> tuple:
+    """Step 4: preference pairs from the reference model's own samples, in both labellings."""
+    cut = sizes["pref_train"]
+    pairs, stats = build_pairs(
+        model, tokenizer, cut + sizes["pref_test"], torch.Generator().manual_seed(seed + 1), prompts
+    )
+    det, bt = label_pairs(pairs, torch.Generator().manual_seed(seed + 2))
+    splits = {"train": det[:cut], "test": det[cut:], "train_bradley_terry": bt[:cut], "test_bradley_terry": bt[cut:]}
+    written = [_write_jsonl(out / f"preferences/{name}.jsonl", recs) for name, recs in splits.items()]
+    return written, det, bt, stats
+
+
+def _build_into(out: Path, seed: int, small: bool, say, train_sft) -> dict:
     """Runs steps 1-7 into ``out``; returns the statistics that the datasheet reports."""
     sizes, t0 = (SMALL if small else FULL), time.perf_counter()
     elapsed = lambda: f"({time.perf_counter() - t0:.1f}s)"  # noqa: E731
     rng = random.Random(seed)
-    # 1.-3. corpus, tokenizer, reference model
-    corpus = build_corpus(sizes["corpus"], rng)
-    written = [
-        _write_jsonl(
-            out / "sft/train.jsonl", [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in corpus]
-        )
-    ]
+    corpus = build_corpus(sizes["corpus"], rng)  # 1.-3. corpus, tokenizer, reference model
+    sft = [{"prompt": r["prompt"], "completion": " " + r["completion"]} for r in corpus]
+    written = [_write_jsonl(out / "sft/train.jsonl", sft)]
     tokenizer = build_tokenizer()
-    model, loss = train_reference(corpus, tokenizer, sizes["steps"], sizes["batch"], seed)
+    model, loss = train_reference(corpus, tokenizer, sizes, seed, train_sft)
     model.save_pretrained(out / "reference_model")  # always safetensors in transformers 5
     tokenizer.save_pretrained(out / "reference_model")
     written += sorted((out / "reference_model").iterdir())
     say(f"[build_data] reference model: {sizes['steps']} steps, final loss {loss:.3f} {elapsed()}")
-
-    # 4. preference pairs from the reference model's own samples
     prompts = list(PROMPTS)
     rng.shuffle(prompts)
-    cut = sizes["pref_train"]
-    pair_gen = torch.Generator().manual_seed(seed + 1)
-    pairs, pstats = build_pairs(model, tokenizer, cut + sizes["pref_test"], pair_gen, prompts)
-    det, bt = label_pairs(pairs, torch.Generator().manual_seed(seed + 2))
-    for name, recs in (
-        ("train", det[:cut]),
-        ("test", det[cut:]),
-        ("train_bradley_terry", bt[:cut]),
-        ("test_bradley_terry", bt[cut:]),
-    ):
-        written.append(_write_jsonl(out / f"preferences/{name}.jsonl", recs))
-    say(f"[build_data] {len(pairs)} preference pairs {elapsed()}")
-
-    # 5. RRHF rankings (the shared `seen` keeps test records out of train)
-    gen, seen = torch.Generator().manual_seed(seed + 3), set()
-    rank = {
-        split: build_rankings(model, tokenizer, sizes[f"rank_{split}"], gen, prompts, seen)
-        for split in ("train", "test")
-    }
-    for split, recs in rank.items():
-        written.append(_write_jsonl(out / f"rankings/{split}.jsonl", recs))
+    files, det, bt, pstats = _write_preferences(out, model, tokenizer, prompts, sizes, seed)  # 4.
+    written += files
+    say(f"[build_data] {len(det)} preference pairs {elapsed()}")
+    gen, seen = torch.Generator().manual_seed(seed + 3), set()  # 5. (the shared `seen` keeps test out of train)
+    rank = {s: build_rankings(model, tokenizer, sizes[f"rank_{s}"], gen, prompts, seen) for s in ("train", "test")}
+    written += [_write_jsonl(out / f"rankings/{split}.jsonl", recs) for split, recs in rank.items()]
     say(f"[build_data] {sum(map(len, rank.values()))} rankings {elapsed()}")
-
-    # 6.-7. datasheet and manifest
-    stats = {
-        "seed": seed,
-        "small": small,
-        "sizes": sizes,
-        "final_sft_loss": loss,
-        "vocab_size": len(tokenizer),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "config": model.config,
+    stats = {  # 6.-7. datasheet and manifest
+        "seed": seed, "small": small, "sizes": sizes, "final_sft_loss": loss, "vocab_size": len(tokenizer),
+        "n_params": sum(p.numel() for p in model.parameters()), "config": model.config,
         "corpus_reward": _mean(true_reward(r["completion"]) for r in corpus),
-        "ref_reward": pstats["reward_sum"] / pstats["sampled"],
-        "pair_stats": pstats,
-        "det": det,
-        "bt": bt,
-        "cut": cut,
-        "rank": rank,
+        "ref_reward": pstats["reward_sum"] / pstats["sampled"], "pair_stats": pstats, "det": det, "bt": bt,
+        "cut": sizes["pref_train"], "rank": rank,
         "bt_agree": _mean(d["chosen"] == b["chosen"] for d, b in zip(det, bt)),
-    }
+    }  # fmt: skip
     (out / "README.md").write_text(datasheet(stats), encoding="utf-8")
-    written.append(out / "README.md")
     kept = [rel for rel in KEPT if (out / rel).is_file()]  # e.g. the bandit sweep: listed, so loaders verify it
-    write_manifest(out, [p.relative_to(out).as_posix() for p in written] + kept)
+    write_manifest(out, [p.relative_to(out).as_posix() for p in [*written, out / "README.md"]] + kept)
     say(f"[build_data] wrote {out} {elapsed()}")
     return stats
 
@@ -310,7 +274,13 @@ def files_not_from_a_build(out: Path) -> list[Path]:
 
 
 def build(
-    out: str | Path | None = None, *, seed: int = 0, small: bool = False, verbose: bool = True, force: bool = False
+    out: str | Path | None = None,
+    *,
+    seed: int = 0,
+    small: bool = False,
+    verbose: bool = True,
+    force: bool = False,
+    train_sft,
 ) -> dict:
     """Builds everything into ``out`` (default: the data folder); returns the statistics in the datasheet.
 
@@ -319,7 +289,9 @@ def build(
     it raises :class:`BuildRefused` naming it and deletes nothing, unless ``force``. Other files in
     ``out`` are never touched.
 
-    Runs on one thread with deterministic algorithms; the global torch state
+    ``train_sft`` trains the reference model: the library's SFT loop
+    (:func:`course_lib.loop.training.train_sft`), which ``python -m course_lib.build_data`` passes in (the toy
+    world does not import the loop layer). Runs on one thread with deterministic algorithms; the global torch state
     (threads, determinism flag, RNG) is restored afterwards.
     """
     out = Path(out) if out is not None else data_dir()
@@ -349,7 +321,7 @@ def build(
     hf_logging.disable_progress_bar()
     try:
         with torch.random.fork_rng(devices=[]):
-            return _build_into(out, seed, small, print if verbose else (lambda *a, **k: None))
+            return _build_into(out, seed, small, print if verbose else (lambda *a, **k: None), train_sft)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -420,9 +392,9 @@ trailing space. Rewards are rounded to 4 decimals. Load with `course_lib.toyworl
    `<pad>`=0, `<unk>`=1, `<eos>`=2, then the vocabulary. Adds no special tokens by itself.
 3. **Reference model**: GPT-2 with n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd},
    n_inner={cfg.n_inner}, n_positions={cfg.n_positions}, no dropout, tied embeddings:
-   **{s["n_params"]:,} parameters**. Trained for {s["sizes"]["steps"]} AdamW steps (batch {s["sizes"]["batch"]},
-   lr 3e-3, cosine) on prompt + completion + `<eos>`, loss on the completion only; final loss
-   (mean of last 20 steps) {s["final_sft_loss"]:.3f}.
+   **{s["n_params"]:,} parameters**. Trained by the library's `train_sft` for {s["sizes"]["steps"]} Adam steps
+   (batch {s["sizes"]["batch"]}, lr {LR:g}, constant) on prompt + completion + `<eos>`, loss on the completion only;
+   final loss (mean of last 20 steps) {s["final_sft_loss"]:.3f}.
 4. **Preferences**: for each prompt (cycled), two responses sampled from the reference model
    (temperature 1, at most {MAX_NEW_TOKENS} new tokens), until {len(det)} pairs were kept. Of the {examined} pairs
    examined, {ps["ties"]} ties (equal reward, including identical responses) and {ps["duplicates"]} repeats of an

@@ -3,18 +3,17 @@
 - ``course_seed()`` reads ``$COURSE_SEED`` (default 0). Notebooks take every seed from it (training, data
   order, sampling), so ``COURSE_SEED=1 jupyter nbconvert --execute ...`` reruns the chapter on other draws:
   the printed figures change, and the claims hold (calibrated over seeds 0-7: ``notebooks/CLAIMS.md``).
-- ``tiny_model_threads(model)`` runs a block with one torch intra-op thread when ``model`` is small and on the
-  CPU. A 0.1M-parameter model gains nothing from more threads, and torch's OpenMP threads spin against every
-  other process on a busy machine (a notebook took 255 s instead of 41 s beside one busy process). A real
-  model (more than ``TINY_MODEL_PARAMETERS``) keeps torch's threads.
+- Threads are set once, where a tiny model's work starts: the training loop and the evaluator run under
+  ``tiny_model_threads(model)``, the CLIs too, and a notebook calls ``use_one_thread_if_tiny(model)`` in its
+  setup cell. A 0.1M-parameter model gains nothing from more threads, and torch's OpenMP threads spin
+  against every other process on a busy machine (a notebook took 255 s instead of 41 s beside one busy
+  process). A real model (more than ``TINY_MODEL_PARAMETERS``) keeps torch's threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-from collections.abc import Callable
 
 import torch
 
@@ -31,52 +30,35 @@ def course_seed() -> int:
     raw = os.environ.get(SEED_VARIABLE, "").strip()
     if not raw:
         return 0
-    try:
-        seed = int(raw)
-    except ValueError:
-        raise ValueError(f"{SEED_VARIABLE} must be a non-negative integer, got {raw!r}") from None
-    if seed < 0:
+    if not (raw.isascii() and raw.isdigit()):
         raise ValueError(f"{SEED_VARIABLE} must be a non-negative integer, got {raw!r}")
-    return seed
+    return int(raw)
 
 
 def is_tiny_cpu_model(model: torch.nn.Module) -> bool:
     """True when every parameter of ``model`` is on the CPU and there are at most TINY_MODEL_PARAMETERS."""
-    n_parameters, on_cpu = 0, True
-    for parameter in model.parameters():
-        n_parameters += parameter.numel()
-        on_cpu = on_cpu and parameter.device.type == "cpu"
-    return on_cpu and n_parameters <= TINY_MODEL_PARAMETERS
+    parameters = list(model.parameters())
+    on_cpu = all(p.device.type == "cpu" for p in parameters)
+    return on_cpu and sum(p.numel() for p in parameters) <= TINY_MODEL_PARAMETERS
+
+
+def use_one_thread_if_tiny(*models: torch.nn.Module) -> int:
+    """One torch intra-op thread if every model given is tiny and on the CPU; returns the count before.
+
+    For a notebook's setup cell (``use_one_thread_if_tiny(reference)``); a larger model changes nothing.
+    """
+    threads = torch.get_num_threads()
+    if models and all(is_tiny_cpu_model(m) for m in models):
+        torch.set_num_threads(1)
+    return threads
 
 
 @contextlib.contextmanager
 def tiny_model_threads(*models: torch.nn.Module):
-    """Runs the block with one torch intra-op thread if every model given is tiny and on the CPU.
-
-    Restores the previous thread count afterwards, also when the block raises. A block with any larger
-    model, or a model on a GPU, runs unchanged.
-    """
-    if not models or not all(is_tiny_cpu_model(m) for m in models):
-        yield
-        return
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
+    """Runs the block under :func:`use_one_thread_if_tiny`; restores the thread count after, also on error."""
+    threads = use_one_thread_if_tiny(*models)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
-
-
-def runs_tiny_models_on_one_thread(fn: Callable) -> Callable:
-    """Decorator: ``fn`` runs under ``tiny_model_threads`` of the models among its arguments."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        models = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.nn.Module)]
-        with tiny_model_threads(*models):
-            return fn(*args, **kwargs)
-
-    return wrapper
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

@@ -7,31 +7,21 @@ and the same code runs on CPU and CUDA.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from ..maths.checks import check_finite
-from .batching import decode_response, encode_prompt, encode_prompt_response
-from .runtime import runs_tiny_models_on_one_thread
+from ..maths.checks import check_finite, check_int
+from .batching import decode_response, encode_prompt
 
 
 @torch.no_grad()
 def _sample_ids(
-    model,
-    prompt_ids: list[list[int]],
-    max_new_tokens,
-    temperature,
-    generator,
-    min_new_tokens,
-    pad: int,
-    eos: int,
-    banned: list[int],
+    model, prompt_ids: list[list[int]], *, max_new_tokens, temperature, generator, min_new_tokens, special
 ) -> list[list[int]]:
     """Samples response ids for B prompts of EQUAL length; returns B lists of ids (without <eos>).
 
     Equal lengths mean no padding, so the key/value cache can be reused step after step.
     """
+    pad, eos, banned = special  # what padding emits, <eos>, the ids never drawn
     device = next(model.parameters()).device
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if limit is not None and len(prompt_ids[0]) + max_new_tokens > limit:
@@ -65,7 +55,6 @@ def _sample_ids(
     return responses
 
 
-@runs_tiny_models_on_one_thread
 def sample_responses(
     model,
     tokenizer,
@@ -88,17 +77,9 @@ def sample_responses(
     key/value cache is exact); the model's train/eval mode is restored afterwards.
     """
     temperature = check_finite("temperature", temperature, minimum=0.0)
-    for name, value in (
-        ("max_new_tokens", max_new_tokens),
-        ("min_new_tokens", min_new_tokens),
-        ("batch_size", batch_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be a whole number, got {type(value).__name__} {value!r}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1 (a response needs at least one token), got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int("max_new_tokens", max_new_tokens, minimum=1)  # a response needs at least one token
+    check_int("min_new_tokens", min_new_tokens, minimum=0)
+    check_int("batch_size", batch_size, minimum=1)
     if not 0 <= min_new_tokens <= max_new_tokens:
         raise ValueError(f"need 0 <= min_new_tokens <= max_new_tokens, got {min_new_tokens}, {max_new_tokens}")
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
@@ -110,7 +91,8 @@ def sample_responses(
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     banned = sorted({t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id) if t is not None and t != eos})
-    special_ids = dict(pad=pad, eos=eos, banned=banned)
+    special = (pad, eos, banned)
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, generator=generator, special=special)
     responses: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
@@ -118,52 +100,9 @@ def sample_responses(
         for rows in by_length.values():
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                ids = _sample_ids(
-                    model,
-                    [prompt_ids[i] for i in chunk],
-                    max_new_tokens,
-                    temperature,
-                    generator,
-                    min_new_tokens,
-                    **special_ids,
-                )
+                ids = _sample_ids(model, [prompt_ids[i] for i in chunk], min_new_tokens=min_new_tokens, **options)
                 for i, r in zip(chunk, ids):
                     responses[i] = r
     finally:
         model.train(was_training)
     return [decode_response(tokenizer, r) for r in responses]
-
-
-@runs_tiny_models_on_one_thread
-def sample_response_ids(
-    model,
-    tokenizer,
-    prompts: list[str],
-    *,
-    max_new_tokens: int = 12,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    min_new_tokens: int = 1,
-    batch_size: int = 512,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples like ``sample_responses`` and returns ``(input_ids (B, T), labels (B, T))``.
-
-    The tensors follow ``encode_prompt_response``: prompt + response + ``<eos>``,
-    right-padded; ``labels`` is -100 on prompt and padding. (A row cut at
-    ``max_new_tokens`` still gets the final ``<eos>``, as in the data.) Tensors
-    live on the model's device; ``attention_mask = input_ids != tokenizer.pad_token_id``.
-    To get the strings too, call ``sample_responses`` and ``encode_prompt_response``.
-    """
-    responses = sample_responses(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        generator=generator,
-        min_new_tokens=min_new_tokens,
-        batch_size=batch_size,
-    )
-    batch = encode_prompt_response(tokenizer, prompts, responses)
-    device = next(model.parameters()).device
-    return batch["input_ids"].to(device), batch["labels"].to(device)
