@@ -166,8 +166,9 @@ MATHS_FAULTS = [
            "ref_probs") for p in ([0.5, NAN], [1.5, -0.5], [0.5, 0.6])],
     case("train_bandit ref_probs NaN", lambda: train_bandit([(0, 1)], loss="ipo", beta=0.1, steps=1,
                                                             ref_probs=[NAN, 1.0]), ValueError, "ref_probs"),
-    *[case(f"bandit preferences {p!r}", lambda p=p: ipo_bandit_optimum(p, beta=0.1), VE, "preferences")
-      for p in ([(0, 1.7)], [(0.5, 1)], [(True, 0)], [(0, 0)], [(-1, 1)], [])],
+    *[case(f"bandit preferences {p!r}", lambda p=p: ipo_bandit_optimum(p, beta=0.1), error, "preferences")
+      for p, error in (([(0, 1.7)], TE), ([(0.5, 1)], TE), ([(True, 0)], TE), ([(0, 0)], VE), ([(-1, 1)], VE),
+                       ([], VE))],
     case("bandit preferences 'ab'", lambda: ipo_bandit_optimum("ab", beta=0.1), TypeError, "preferences"),
     case("bandit disconnected", lambda: ipo_bandit_optimum([(0, 1), (2, 3)], beta=0.1), ValueError, "connect"),
     *[case(f"bandit_kl probs {p}", lambda p=p: bandit_kl(torch.tensor(p)), ValueError, "probs")
