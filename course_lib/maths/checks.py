@@ -86,6 +86,12 @@ def check_int(name: str, value, *, minimum: int | None = None) -> int:
     return int(value)
 
 
+def check_choice(name: str, value, choices: tuple) -> None:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 def check_record(where: str, record, fields: tuple[str, ...], hint: str = "") -> dict:
     """A dict holding every one of ``fields``; the error names ``where`` (e.g. "pairs[3]", "file, line 7")."""
     if not isinstance(record, dict):

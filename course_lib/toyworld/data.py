@@ -28,7 +28,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from ..maths.checks import check_record
+from ..maths.checks import check_choice, check_record
 from .task import MAX_POSITIONS, VOCAB, true_reward
 
 MANIFEST = "MANIFEST.sha256"
@@ -262,11 +262,6 @@ def _check_reward(where: str, field: str, value, response: str) -> float:
     return float(value)
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-
-
 # ----------------------------------------------------------------------------- loaders
 def load_preferences(
     split: str = "train", *, labelling: str = "deterministic", data_dir=None, verify: bool = True
@@ -280,9 +275,8 @@ def load_preferences(
     ``verify`` checks the file against MANIFEST.sha256 first. A bad record raises ValueError naming
     the file and line (a word outside the vocabulary, a pair longer than the toy model's context, ...).
     """
-    _check_split(split)
-    if labelling not in LABELLINGS:
-        raise ValueError(f"labelling must be one of {LABELLINGS}, got {labelling!r}")
+    check_choice("split", split, SPLITS)
+    check_choice("labelling", labelling, LABELLINGS)
     rel = f"preferences/{split}.jsonl" if labelling == "deterministic" else f"preferences/{split}_bradley_terry.jsonl"
     fields = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward")
     pairs = []
@@ -302,7 +296,7 @@ def load_rankings(split: str = "train", *, data_dir=None, verify: bool = True) -
     Responses of a record are distinct samples of the reference model, in
     sampling order (not sorted); ``rewards[k] = true_reward(responses[k])``.
     """
-    _check_split(split)
+    check_choice("split", split, SPLITS)
     rankings = []
     for where, r in _records(data_dir, f"rankings/{split}.jsonl", verify, ("prompt", "responses", "rewards")):
         responses, rewards = r["responses"], r["rewards"]

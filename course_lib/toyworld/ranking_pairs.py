@@ -6,7 +6,7 @@ two rewards tie (tied pairs are skipped, as Eq. 2 skips them). ``which="best_wor
 ranking, the first highest-reward response against the first lowest (none when every reward ties).
 """
 
-from ..maths.checks import check_record
+from ..maths.checks import check_choice, check_record
 
 WHICH = ("all", "best_worst")
 
@@ -19,8 +19,7 @@ def ranking_pairs(rankings: list[dict], *, which: str = "all") -> list[dict]:
         which: "all" (every reward-ordered pair, ties skipped, in the order i < j of the candidates) or
             "best_worst" (one pair per ranking).
     """
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    check_choice("which", which, WHICH)
     if isinstance(rankings, (str, bytes, dict)) or not hasattr(rankings, "__len__"):
         raise TypeError(f"rankings must be a list of dicts, got {type(rankings).__name__}")
     pairs = []
