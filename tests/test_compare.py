@@ -12,6 +12,7 @@ import pytest
 
 from course_lib import ipo_optimal_margins
 from course_lib.compare import main
+from course_lib.maths.losses import PAIRWISE_LOSSES, LossSpec, dpo_loss
 from course_lib.toyworld.data import load_preferences
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -149,3 +150,16 @@ def test_bad_arguments_exit_cleanly(bad, capsys):
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and "Traceback" not in stderr  # one line, naming the option
     assert bad[0] in stderr
+
+
+def test_a_loss_added_to_the_registry_is_a_choice_and_trains(monkeypatch, tmp_path):
+    """--losses reads PAIRWISE_LOSSES: a new entry (reference-free, averaged log-probs) runs with no change here."""
+
+    def free_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *, beta):
+        assert ref_chosen_logps is None and ref_rejected_logps is None
+        return dpo_loss(policy_chosen_logps, policy_rejected_logps, 0 * policy_chosen_logps, 0 * policy_chosen_logps)
+
+    monkeypatch.setitem(PAIRWISE_LOSSES, "free", LossSpec("free", free_loss, average_logps=True, needs_reference=False))
+    code, stdout, _ = _main([*SMALL, "--losses", "free", "--out", str(tmp_path)])
+    [run] = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert code == 0 and run["loss"] == "free" and run["length_normalize"] is True and "free" in stdout

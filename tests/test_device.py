@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from course_lib.loop.device import default_device
+from course_lib.loop.device import default_device, resolve_device
+from course_lib.loop.training import train_preference
 
 
 def mps_available() -> bool:
@@ -61,3 +62,12 @@ def test_unavailable_mps_raises(monkeypatch):
     monkeypatch.setenv("COURSE_DEVICE", "mps")
     with pytest.raises(ValueError, match="COURSE_DEVICE"):
         default_device()
+
+
+@pytest.mark.parametrize("value", ["foo", "tpu", "cuda:x"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:0"]))
+def test_a_device_this_machine_lacks_is_named_before_any_work(value):
+    with pytest.raises(ValueError, match=rf"device '{value}'"):
+        resolve_device(value)
+    policy = torch.nn.Linear(1, 1)  # never reached: the device is checked with the other arguments
+    with pytest.raises(ValueError, match=rf"^device '{value}'"):
+        train_preference(policy, policy, [{"prompt": "p", "chosen": " a", "rejected": " b"}], device=value)

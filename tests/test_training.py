@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from course_lib.loop.evaluation import evaluate_policy, make_evaluator, preference_accuracy
 from course_lib.loop.training import History, train_preference, train_rrhf, train_sft
-from course_lib.maths.losses import dpo_loss
+from course_lib.maths.losses import PAIRWISE_LOSSES, LossSpec, dpo_loss
 from course_lib.toyworld.data import load_preferences, load_rankings, load_sft_corpus
 from course_lib.toyworld.models import load_model_and_tokenizer
 
@@ -72,8 +72,9 @@ def _train(world, policy=None, **kwargs) -> History:
     )
     settings.update(kwargs)
     pairs = settings.pop("pairs", world["pairs"])
+    reference = settings.pop("reference", world["reference"])
     policy = policy if policy is not None else _copy(world["reference"])
-    return train_preference(policy, world["reference"], pairs, **settings)
+    return train_preference(policy, reference, pairs, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -268,11 +269,31 @@ def test_learner_callable_gives_the_same_history_as_the_name(world):
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (name, a["step"], key)
 
 
-def test_length_normalize_defaults_true_for_ipo_only(world):
-    assert _train(world, loss="ipo") == _train(world, loss="ipo", length_normalize=True)
-    assert _train(world, loss="ipo") != _train(world, loss="ipo", length_normalize=False)
-    assert _train(world, loss="dpo") == _train(world, loss="dpo", length_normalize=False)
-    assert _train(world, loss="hinge") == _train(world, loss="hinge", length_normalize=False)
+@pytest.mark.parametrize("name", sorted(PAIRWISE_LOSSES))
+def test_length_normalize_defaults_to_the_registry(world, name):
+    average = PAIRWISE_LOSSES[name].average_logps
+    assert _train(world, loss=name) == _train(world, loss=name, length_normalize=average)
+    assert _train(world, loss=name) != _train(world, loss=name, length_normalize=not average)
+
+
+def test_a_reference_free_loss_runs_no_reference_pass(world):
+    """A spec with needs_reference=False: the reference is never run, the loss gets None for its tensors, and the
+    log-probs are averaged when the spec says so (a SimPO-like loss, declared here)."""
+    reference, forward_calls, seen = _copy(world["reference"]), [], []
+    reference.register_forward_hook(lambda *args: forward_calls.append(1))
+
+    def free_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *, beta):
+        seen.append((ref_chosen_logps, ref_rejected_logps))
+        return -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
+
+    spec = LossSpec("free", free_loss, average_logps=True, needs_reference=False)
+    history = _train(world, loss=spec, steps=2, reference=reference)
+    assert forward_calls == [] and seen == [(None, None)] * 2
+    assert history.loss == "free" and history.length_normalize is True
+    assert history[0]["rewards/chosen"] == pytest.approx(0.5 * history[0]["logps/chosen"])  # no reference: ref = 0
+    assert _train(world, loss=spec, steps=2, reference=None) == history  # the reference may then be None
+    with pytest.raises(ValueError, match="needs a reference"):
+        _train(world, loss="dpo", steps=1, reference=None)
 
 
 def test_margin_is_h_as_the_loss_sees_it_computed_by_hand(world, perturbed):
