@@ -33,9 +33,10 @@ lint: setup
 ## test: unit tests and strict nbval over every notebook in notebooks/ (and the browser test), then the
 ## notebooks again, both passes at once: strictly under other floating-point rounding, and under another
 ## seed (asserts and claims only). The stored outputs come from the CPU with COURSE_SEED=0.
+## The notebooks come first, so that the longest files start first and the short ones fill the gaps.
 ## -rs lists every skipped test with its reason (the browser test without chromium says how to get it).
 test: setup
-	$(ONE_THREAD) COURSE_SEED=0 COURSE_DEVICE=$${COURSE_DEVICE:-cpu} $(BIN)/python -m pytest tests notebooks \
+	$(ONE_THREAD) COURSE_SEED=0 COURSE_DEVICE=$${COURSE_DEVICE:-cpu} $(BIN)/python -m pytest notebooks tests \
 	  $(NBVAL) $(XDIST) -q -rs
 	$(MAKE) --no-print-directory -j2 --output-sync=target notebooks-perturbed notebooks-other-seed
 
