@@ -100,11 +100,13 @@ MAIN_RUN = {
 }
 
 #: Bonus 7b: IPO at SETTINGS.beta on *summed* log-probs, SETTINGS.sweep_steps steps, evaluated at the start and end.
-SUMMED_IPO_RUN = (
-    Figure("held-out KL at the end", lambda h: evaluation(h, "end", "kl"), 0.15, 0.6),
-    Figure("held-out accuracy at the end", lambda h: evaluation(h, "end", "preference_accuracy"), 0.7),
-    Figure("mean summed margin h (20 steps) at the end", lambda h: mean_margin(h, "end", summed=True), 0.5, 1.1),
-)
+SUMMED_RUN = {
+    "ipo": (
+        Figure("held-out KL at the end", lambda h: evaluation(h, "end", "kl"), 0.15, 0.6),
+        Figure("held-out accuracy at the end", lambda h: evaluation(h, "end", "preference_accuracy"), 0.7),
+        Figure("mean summed margin h (20 steps) at the end", lambda h: mean_margin(h, "end", summed=True), 0.5, 1.1),
+    )
+}
 
 
 #: §5, the sweep: SETTINGS.sweep_steps steps per beta, measured once after training. (loss, beta) -> figures,

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import textwrap
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ...maths.losses import PAIRWISE_LOSSES, loss_spec
-from .expected import MAIN_RUN, SETTINGS, SUMMED_IPO_RUN, SWEEP
+from .expected import MAIN_RUN, SETTINGS, SUMMED_RUN, SWEEP
 
 FRESH_MARGIN = 0.02  # |h| at step 1 above this: the policy was not a fresh copy of the reference
 MOVED_MARGIN = 1e-6  # |h| at every step below this: the policy never moved
@@ -27,16 +27,14 @@ PARTS = ("main", "sweep", "summed")
 _SETTING_CODES = ("wrong beta", "too few steps", "too many steps", "interrupted", "evaluation steps")
 
 
-@dataclass(frozen=True)
-class RunProblem:
+class RunProblem(NamedTuple):
     """One slip found in a run: a short ``code`` (for the grader's summary) and the ``message`` to print."""
 
     code: str
     message: str
 
 
-@dataclass(frozen=True)
-class Want:
+class Want(NamedTuple):
     """What a run should have used."""
 
     loss: str
@@ -59,7 +57,7 @@ class Want:
         full_steps = SETTINGS.sweep_steps if self.part == "summed" else SETTINGS.steps
         if self.part == "sweep" or not math.isclose(self.beta, SETTINGS.beta) or self.steps != full_steps:
             return ()
-        return SUMMED_IPO_RUN if self.part == "summed" else MAIN_RUN.get(self.loss, ())
+        return (SUMMED_RUN if self.part == "summed" else MAIN_RUN).get(self.loss, ())
 
 
 def _want(loss, part, beta, steps, eval_every, seed, loss_fn) -> Want:
