@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
-from course_lib.loop.evaluation import make_evaluator, pair_margins
+from course_lib.loop.evaluation import evaluate_policy, make_evaluator, pair_margins
 from course_lib.loop.sweep import train_sweep
+from course_lib.loop.training import train_preference
 from course_lib.toyworld.data import load_preferences
 from course_lib.toyworld.models import load_model_and_tokenizer
 
@@ -84,8 +85,9 @@ def test_evaluator_records_mean_margins_of_named_pairs(world):
         )
 
 
-def test_train_sweep_one_point_per_config_and_the_reference_untouched(world):
+def test_train_sweep_one_point_per_config_as_one_run_each_and_the_reference_untouched(world):
     before = [p.detach().clone() for p in world["reference"].parameters()]
+    one_run = {"steps": 2, "batch_size": 4, "seed": 0, "tokenizer": world["tokenizer"], "progress": False}
     points = train_sweep(
         world["reference"],
         world["tokenizer"],
@@ -104,6 +106,24 @@ def test_train_sweep_one_point_per_config_and_the_reference_untouched(world):
         assert len(point["history"]) == 2 and point["history"].beta == point["beta"]
         assert point["kl"] > 0 and point["reward"] is not None and 0 <= point["preference_accuracy"] <= 1
     assert all(torch.equal(a, b) for a, b in zip(before, world["reference"].parameters()))
+    for point in points:  # what one train_preference run and evaluate_policy give, up to round-off
+        policy = copy.deepcopy(world["reference"])
+        history = train_preference(
+            policy, world["reference"], world["pairs"], loss=point["loss"], beta=point["beta"], **one_run
+        )
+        expected = evaluate_policy(
+            policy,
+            world["reference"],
+            world["tokenizer"],
+            pairs=world["test_pairs"],
+            prompts=world["test_prompts"],
+            n_samples=8,
+            seed=0,
+            with_samples=False,
+        )
+        for got, want in zip(point["history"], history, strict=True):
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+        assert {k: point[k] for k in expected} == pytest.approx(expected, rel=1e-3, abs=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """A sweep of preference runs, one point per (loss, beta): the reward-against-KL frontier.
 
-Each configuration trains a fresh copy of the reference with :func:`course_lib.loop.training.train_preference`
-(same pairs, steps, batches and seed) and is evaluated once at the end with
+Each configuration trains a fresh copy of the reference on the same pairs, steps, batches and seed; all are
+trained at once by :func:`course_lib.loop.batched.train_preference_batched` (equal to one
+:func:`course_lib.loop.training.train_preference` run each, up to float round-off), then evaluated one by one with
 :func:`course_lib.loop.evaluation.evaluate_policy`: true reward of samples, KL from the reference and
 held-out preference accuracy, with standard errors. Comparing *frontiers* is what makes DPO on summed
 and IPO on averaged log-probs comparable: a single (beta, tau) pair says little, since each beta moves
@@ -16,8 +17,8 @@ import numbers
 import torch
 from tqdm.auto import tqdm
 
+from .batched import train_preference_batched
 from .evaluation import evaluate_policy
-from .training import train_preference
 
 
 def _check_configs(configs) -> list[tuple[str, float]]:
@@ -55,7 +56,8 @@ def train_sweep(
             ``reference``, which is never trained.
         configs: ``[(loss name, beta), ...]``; the loss's own length convention applies (IPO averages).
         eval_pairs, eval_prompts, n_samples: held-out pairs and prompts for :func:`evaluate_policy`.
-        train_kwargs: ``steps``, ``batch_size``, ``lr``, ``seed`` ... passed to :func:`train_preference`.
+        train_kwargs: ``steps``, ``batch_size``, ``lr``, ``seed``, ``device`` ... passed to
+            :func:`train_preference_batched` (the keywords of :func:`train_preference`'s settings).
 
     Returns:
         one dict per configuration, in order: ``loss``, ``beta``, ``history``, and the evaluation's
@@ -63,12 +65,14 @@ def train_sweep(
     """
     configs = _check_configs(configs)
     seed = train_kwargs.get("seed", 0)
+    policies = [copy.deepcopy(reference) for _ in configs]
+    histories = train_preference_batched(
+        policies, reference, pairs, configs, tokenizer=tokenizer, progress=progress, **train_kwargs
+    )
     points = []
-    for loss, beta in tqdm(configs, desc="sweep", disable=not progress):
-        policy = copy.deepcopy(reference)
-        history = train_preference(
-            policy, reference, pairs, loss=loss, beta=beta, tokenizer=tokenizer, progress=False, **train_kwargs
-        )
+    for (loss, beta), policy, history in tqdm(
+        list(zip(configs, policies, histories)), desc="evaluating", disable=not progress
+    ):
         evaluation = evaluate_policy(
             policy,
             reference,
