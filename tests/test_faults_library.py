@@ -358,7 +358,7 @@ def no_real_build(monkeypatch):
     """Replace the expensive part of ``build`` (training, sampling) by one file: the checks around it stay."""
     calls = []
 
-    def fake_build_into(out, seed, small, say):
+    def fake_build_into(out, seed, small, say, *trainer):
         calls.append(out)
         (out / "sft").mkdir(parents=True, exist_ok=True)
         (out / "sft" / "train.jsonl").write_text("{}\n")
@@ -382,7 +382,7 @@ def test_build_refuses_a_folder_that_is_not_an_earlier_build(tmp_path, no_real_b
     (out / "preferences" / "mine.jsonl").write_text('{"a": 1}\n')
     (out / "other.txt").write_text("untouched")
     with pytest.raises(BuildRefused, match=r"not an earlier build.*README.md.*--force"):
-        build(out, small=True, verbose=False)
+        build(out, small=True, verbose=False, train_sft=train_sft)
     code, err = _build_data(["--out", str(out), "--small"])
     assert code == 2 and err.count("\n") == 1 and "--force" in err and "--out" in err
     assert (out / "README.md").read_text() == "my notes" and (out / "preferences" / "mine.jsonl").is_file()
@@ -396,10 +396,10 @@ def test_build_refuses_a_folder_that_is_not_an_earlier_build(tmp_path, no_real_b
 
 def test_build_accepts_an_empty_folder_and_an_earlier_build(tmp_path, no_real_build):
     out = tmp_path / "out"
-    build(out, small=True, verbose=False)
+    build(out, small=True, verbose=False, train_sft=train_sft)
     (out / "bandit").mkdir()
     shutil.copy(DATA / "bandit" / "d1_sweep.pt", out / "bandit" / "d1_sweep.pt")
-    build(out, small=True, verbose=False)  # an earlier build: no refusal
+    build(out, small=True, verbose=False, train_sft=train_sft)  # an earlier build: no refusal
     assert set(read_manifest(out)) == {"sft/train.jsonl", "bandit/d1_sweep.pt"}  # the kept sweep stays listed
     assert len(no_real_build) == 2
     assert build_module.files_not_from_a_build(DATA) == [] and set(OUTPUTS) >= {"sft", "preferences", "rankings"}
