@@ -129,18 +129,11 @@ def train_bandit(
     seed: int = 0,
     ref_probs=None,
 ) -> torch.Tensor:
-    """One run of the Sec. 5.4 bandit: Adam on ``theta`` with the library's pairwise ``loss``.
+    """One run of the Sec. 5.4 bandit (:func:`train_bandit_sweep` with one ``loss``, ``beta`` and ``seed``).
 
-    Args:
-        preferences: list of (winner, loser) action-index pairs, e.g. D1 = [(0, 1), (1, 2), (0, 2)].
-        loss: "dpo", "ipo", "hinge" or a callable ``fn(pc, pr, rc, rr, *, beta) -> (B,)``.
-        beta: the KL coefficient (IPO's tau).
-        steps, lr, batch_size, seed: as in the paper (18,000 Adam steps at lr 0.01, 9 pairs drawn with
-            replacement per step); ``seed`` seeds the batch sampler.
-        ref_probs: (n,) reference probabilities; None means uniform.
-
-    Returns:
-        (steps, n_actions) probabilities; row t is the policy after update t + 1.
+    ``loss``: "dpo", "ipo", "hinge" or a callable ``fn(pc, pr, rc, rr, *, beta) -> (B,)``; the defaults are
+    the paper's (18,000 Adam steps at lr 0.01, 9 pairs drawn with replacement per step). Returns
+    (steps, n_actions) probabilities; row t is the policy after update t + 1.
     """
     return train_bandit_sweep(
         preferences,
