@@ -149,35 +149,28 @@ def local_folder_or_hub_id(given: str | None, option: str, needs: str, hint: str
 
 
 def _parser() -> _Parser:
+    """The options; their defaults are :class:`CompareConfig`'s."""
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=[*PAIRWISE_LOSSES, *RANKING_METHODS]
-    )
-    parser.add_argument(
-        "--beta", nargs="+", type=_positive_float, default=[DEFAULT_BETA], help="one or several betas (IPO's tau)"
-    )
-    parser.add_argument("--steps", type=_positive_int, default=300)
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--lr", type=_positive_float, default=1e-3)
-    parser.add_argument("--seed", type=_seed, default=0)
-    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: course_lib.default_device())")
-    parser.add_argument(
-        "--model", default=None, help="a local folder or hub name of a causal LM (default: data/reference_model)"
-    )
-    parser.add_argument(
-        "--dataset", default=None, help="a folder with train.jsonl/test.jsonl in TRL's preference format, or a hub name"
-    )
-    parser.add_argument(
-        "--labelling",
-        default="deterministic",
-        choices=["deterministic", "bradley_terry"],
-        help="which labelling of the toy pairs",
-    )
-    parser.add_argument("--eval-samples", type=_positive_int, default=256, help="policy samples for the KL and reward")
-    parser.add_argument("--max-train-pairs", type=_positive_int, default=None, help="train on the first N pairs")
-    parser.add_argument("--out", default=None, help="folder for results.json and the plots")
+    options = {
+        "--losses": dict(nargs="+", choices=[*PAIRWISE_LOSSES, *RANKING_METHODS]),
+        "--beta": dict(nargs="+", type=_positive_float, help="one or several betas (IPO's tau)"),
+        "--steps": dict(type=_positive_int),
+        "--batch-size": dict(type=_positive_int),
+        "--lr": dict(type=_positive_float),
+        "--seed": dict(type=_seed),
+        "--device": dict(help="cuda, mps or cpu (default: course_lib.default_device())"),
+        "--model": dict(help="a local folder or hub name of a causal LM (default: data/reference_model)"),
+        "--dataset": dict(help="a folder with train.jsonl/test.jsonl in TRL's preference format, or a hub name"),
+        "--labelling": dict(choices=["deterministic", "bradley_terry"], help="which labelling of the toy pairs"),
+        "--eval-samples": dict(type=_positive_int, help="policy samples for the KL and reward"),
+        "--max-train-pairs": dict(type=_positive_int, help="train on the first N pairs"),
+        "--out": dict(help="folder for results.json and the plots"),
+    }
+    defaults = CompareConfig()
+    for option, keywords in options.items():
+        parser.add_argument(option, default=getattr(defaults, option[2:].replace("-", "_")), **keywords)
     parser.add_argument("--no-progress", action="store_true")
-    return parser  # fmt: skip
+    return parser
 
 
 def _resolve_options(config: CompareConfig) -> None:

@@ -184,25 +184,3 @@ def test_precomputed_reference_logps_give_the_same_step(toy, tmp_path):
     ours = course_values(reference, policy, tokenizer, pairs, "ipo")
     assert logged["loss"] == approx(ours["loss"])
     assert logged["rewards/margins"] == approx(ours["rewards/margins"])
-
-
-def test_trl_ignores_label_smoothing_for_sigmoid(toy, tmp_path):
-    """cDPO (``dpo_loss(label_smoothing=eps)``) has no TRL 1.16 setting: "sigmoid" ignores it."""
-    reference, policy, tokenizer, pairs = toy
-    plain, _ = run_trl_step(reference, policy, tokenizer, pairs, "sigmoid", tmp_path)
-    smoothed, _ = run_trl_step(reference, policy, tokenizer, pairs, "sigmoid", tmp_path, label_smoothing=0.1)
-    assert smoothed["loss"] == approx(plain["loss"])
-    pol, ref = pair_logps(policy, tokenizer, pairs), pair_logps(reference, tokenizer, pairs)
-    cdpo = (
-        PAIRWISE_LOSSES["dpo"](
-            pol["chosen_logps"],
-            pol["rejected_logps"],
-            ref["chosen_logps"],
-            ref["rejected_logps"],
-            beta=BETA,
-            label_smoothing=0.1,
-        )
-        .mean()
-        .item()
-    )
-    assert abs(cdpo - plain["loss"]) > 1e-3

@@ -331,11 +331,10 @@ def build(
 
 # ----------------------------------------------------------------------------- 6. datasheet
 def datasheet(s: dict) -> str:
-    """Renders the README datasheet from build statistics (every number is computed, none typed in)."""
-    det, bt, cut, rank, cfg, ps = s["det"], s["bt"], s["cut"], s["rank"], s["config"], s["pair_stats"]
+    """Renders the README datasheet (:data:`DATASHEET`) from build statistics (every number is computed)."""
+    det, bt, cut, rank = s["det"], s["bt"], s["cut"], s["rank"]
     cmd = "python -m course_lib.build_data"
     cmd += (f" --seed {s['seed']}" if s["seed"] else "") + (" --small" if s["small"] else "")
-    n_tok = lambda recs, f: _mean(len(r[f].split()) for r in recs)  # noqa: E731
     rows = [
         ("sft/train.jsonl", s["sizes"]["corpus"], "prompt, completion"),
         ("preferences/train.jsonl", cut, "prompt, chosen, rejected, chosen_reward, rejected_reward"),
@@ -345,19 +344,28 @@ def datasheet(s: dict) -> str:
         ("rankings/train.jsonl", len(rank["train"]), f"prompt, responses ({K}), rewards ({K})"),
         ("rankings/test.jsonl", len(rank["test"]), f"prompt, responses ({K}), rewards ({K})"),
     ]
-    table = "\n".join(f"| `{f}` | {n} | {d} |" for f, n, d in rows)
     rank_all = rank["train"] + rank["test"]
-    rank_mean = _mean(x for r in rank_all for x in r["rewards"])
-    best_of_k = _mean(max(r["rewards"]) for r in rank_all)
-    chosen_mean = _mean(r["chosen_reward"] for r in det[:cut])
-    rejected_mean = _mean(r["rejected_reward"] for r in det[:cut])
-    examined = ps["sampled"] // 2
-    return f"""# Toy-world data (Chapter 18: RRHF and IPO)
+    return DATASHEET.format(
+        s=s, ps=s["pair_stats"], cfg=s["config"], cmd=cmd, cut=cut, K=K, LR=LR, MAX_NEW_TOKENS=MAX_NEW_TOKENS,
+        table="\n".join(f"| `{f}` | {n} | {d} |" for f, n, d in rows),
+        rank_mean=_mean(x for r in rank_all for x in r["rewards"]),
+        best_of_k=_mean(max(r["rewards"]) for r in rank_all),
+        chosen_mean=_mean(r["chosen_reward"] for r in det[:cut]),
+        rejected_mean=_mean(r["rejected_reward"] for r in det[:cut]), examined=s["pair_stats"]["sampled"] // 2,
+        n_negative=len(NEGATIVE_WORDS), n_positive=len(POSITIVE_WORDS), n_prompts=len(PROMPTS), n_vocab=len(VOCAB),
+        n_test=len(det) - cut, n_pairs=len(det), bt_agree_percent=100 * s["bt_agree"],
+        chosen_tokens=_mean(len(r["chosen"].split()) for r in det),
+        rejected_tokens=_mean(len(r["rejected"].split()) for r in det),
+    )  # fmt: skip
 
-Made by this project, not downloaded: `{cmd}` wrote every file here from seed {s["seed"]}
+
+#: The datasheet written as data/README.md; :func:`datasheet` fills it in.
+DATASHEET = """# Toy-world data (Chapter 18: RRHF and IPO)
+
+Made by this project, not downloaded: `{cmd}` wrote every file here from seed {s[seed]}
 (one CPU thread, seeded generators, `torch.use_deterministic_algorithms(True)`).
 It follows the spirit of the controlled-sentiment task of the DPO paper: prompts open
-a movie review, responses continue it with words from a {len(VOCAB)}-word vocabulary, and a
+a movie review, responses continue it with words from a {n_vocab}-word vocabulary, and a
 closed-form true reward scores every response.
 
 ## True reward
@@ -368,7 +376,7 @@ For a response with n whitespace-separated tokens ("." counts as a token):
              - 0.5 * (#tokens that repeat an earlier token of the response)
              - 0.1 * max(0, n - 8)
 
-({len(POSITIVE_WORDS)} positive and {len(NEGATIVE_WORDS)} negative words; see `course_lib/toyworld/task.py`.) Only the
+({n_positive} positive and {n_negative} negative words; see `course_lib/toyworld/task.py`.) Only the
 response is scored. "great great great" scores 0.0 while "great" scores 1.0, so spamming is penalised.
 
 ## Files
@@ -385,27 +393,27 @@ trailing space. Rewards are rounded to 4 decimals. Load with `course_lib.toyworl
 
 ## How it was made
 
-1. **SFT corpus**: {s["sizes"]["corpus"]} synthetic reviews; each prompt is one of {len(PROMPTS)} openings and
+1. **SFT corpus**: {s[sizes][corpus]} synthetic reviews; each prompt is one of {n_prompts} openings and
    each continuation (3-12 tokens) comes from a small grammar, positive, negative or mixed with
-   equal probability, with occasional stuttered repeats. Mean true reward of the corpus: {s["corpus_reward"]:.3f}.
-2. **Tokenizer**: word level (`tokenizers` WordLevel + WhitespaceSplit), {s["vocab_size"]} ids:
+   equal probability, with occasional stuttered repeats. Mean true reward of the corpus: {s[corpus_reward]:.3f}.
+2. **Tokenizer**: word level (`tokenizers` WordLevel + WhitespaceSplit), {s[vocab_size]} ids:
    `<pad>`=0, `<unk>`=1, `<eos>`=2, then the vocabulary. Adds no special tokens by itself.
 3. **Reference model**: GPT-2 with n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd},
    n_inner={cfg.n_inner}, n_positions={cfg.n_positions}, no dropout, tied embeddings:
-   **{s["n_params"]:,} parameters**. Trained by the library's `train_sft` for {s["sizes"]["steps"]} Adam steps
-   (batch {s["sizes"]["batch"]}, lr {LR:g}, constant) on prompt + completion + `<eos>`, loss on the completion only;
-   final loss (mean of last 20 steps) {s["final_sft_loss"]:.3f}.
+   **{s[n_params]:,} parameters**. Trained by the library's `train_sft` for {s[sizes][steps]} Adam steps
+   (batch {s[sizes][batch]}, lr {LR:g}, constant) on prompt + completion + `<eos>`, loss on the completion only;
+   final loss (mean of last 20 steps) {s[final_sft_loss]:.3f}.
 4. **Preferences**: for each prompt (cycled), two responses sampled from the reference model
-   (temperature 1, at most {MAX_NEW_TOKENS} new tokens), until {len(det)} pairs were kept. Of the {examined} pairs
-   examined, {ps["ties"]} ties (equal reward, including identical responses) and {ps["duplicates"]} repeats of an
-   earlier pair were dropped; the first {cut} kept pairs form train, the next {len(det) - cut} test, so no pair
+   (temperature 1, at most {MAX_NEW_TOKENS} new tokens), until {n_pairs} pairs were kept. Of the {examined} pairs
+   examined, {ps[ties]} ties (equal reward, including identical responses) and {ps[duplicates]} repeats of an
+   earlier pair were dropped; the first {cut} kept pairs form train, the next {n_test} test, so no pair
    appears in both.
-   Mean true reward of all {ps["sampled"]} reference samples: **{s["ref_reward"]:.3f}**.
+   Mean true reward of all {ps[sampled]} reference samples: **{s[ref_reward]:.3f}**.
    Mean chosen / rejected reward (train, deterministic): {chosen_mean:.3f} / {rejected_mean:.3f}.
-   Mean response length: {n_tok(det, "chosen"):.2f} tokens (chosen), {n_tok(det, "rejected"):.2f} (rejected).
+   Mean response length: {chosen_tokens:.2f} tokens (chosen), {rejected_tokens:.2f} (rejected).
    - *deterministic*: the higher reward is chosen.
    - *bradley_terry*: the first sample is chosen with probability sigmoid(r1 - r2). These labels agree
-     with the deterministic ones on {100 * s["bt_agree"]:.1f}% of pairs.
+     with the deterministic ones on {bt_agree_percent:.1f}% of pairs.
 5. **Rankings** (RRHF): {K} distinct reference samples per prompt, in sampling order (not sorted),
    with their true rewards; no (prompt, response set) appears in both splits. Mean reward
    {rank_mean:.3f}, mean best-of-{K} reward {best_of_k:.3f}.
