@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from course_lib.build_data import build
 from course_lib.toyworld import data as D
 from course_lib.toyworld.batching import encode_prompt_response
-from course_lib.toyworld.build import build
 from course_lib.toyworld.models import build_tokenizer, load_model_and_tokenizer
 from course_lib.toyworld.sampling import sample_responses
 from course_lib.toyworld.task import PROMPTS, VOCAB, true_reward, true_rewards
