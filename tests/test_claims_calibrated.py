@@ -258,3 +258,9 @@ def test_a_partial_calibration_replaces_only_its_sections_and_refuses_other_draw
         calibrate_claims.merge({}, previous, [0, 1], ["native", "portable"])
     with pytest.raises(ValueError, match="none named"):
         calibrate_claims.merge({}, "# an older report\n", [0, 1], ["native"])
+
+
+def test_the_calibration_covers_every_chapter_notebook():
+    on_disk = {str(p.relative_to(ROOT)) for p in ROOT.glob("notebooks/18_*.ipynb")} - {"notebooks/18_3_exercise.ipynb"}
+    on_disk |= {str(p.relative_to(ROOT)) for p in ROOT.glob("notebooks/solutions/18_*.ipynb")}
+    assert set(calibrate_claims.NOTEBOOKS) == set(NOTEBOOKS) == on_disk
