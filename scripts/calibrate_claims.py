@@ -44,12 +44,16 @@ sys.path.insert(0, str(ROOT))
 
 from course_lib.teaching.claims import MIN_DRAWS, Z_MIN, claim_z  # noqa: E402
 
-NOTEBOOKS = (
-    "notebooks/18_1_rrhf.ipynb",
-    "notebooks/18_2_ipo.ipynb",
-    "notebooks/solutions/18_3_exercise.ipynb",
-    "notebooks/18_4_scaling_up.ipynb",
-)
+
+def chapter_notebooks(root: Path = ROOT) -> tuple[str, ...]:
+    """Every chapter notebook, as paths from ``root``, in chapter order: ``notebooks/18_*.ipynb``, where an
+    exercise's solution (``notebooks/solutions/``) stands for the student version generated from it."""
+    solutions = {p.name: p for p in (root / "notebooks" / "solutions").glob("18_*.ipynb")}
+    chapter = {p.name: p for p in (root / "notebooks").glob("18_*.ipynb")} | solutions
+    return tuple(str(chapter[name].relative_to(root)) for name in sorted(chapter))
+
+
+NOTEBOOKS = chapter_notebooks()
 DEFAULT_OUT = ROOT / "notebooks" / "CLAIMS.md"
 DEFAULT_SEEDS = tuple(range(8))
 ROUNDINGS = {
