@@ -21,6 +21,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .loop.device import resolve_device
+from .loop.evaluation import EVAL_KEYS
 from .maths.losses import PAIRWISE_LOSSES, loss_spec
 from .toyworld.runtime import tiny_model_threads
 
@@ -39,7 +41,7 @@ DEFAULT_LOSSES = ("dpo", "ipo", "rrhf")
 DEFAULT_BETA = 0.5
 PROG = "python -m course_lib.compare"
 #: An evaluation with nothing measured (a run stopped before its first held-out evaluation).
-NO_EVAL = {k: None for k in ("preference_accuracy", "kl", "kl_stderr", "kl_k1", "kl_k3", "reward", "reward_stderr")}
+NO_EVAL = dict.fromkeys(EVAL_KEYS)
 
 
 class UsageError(ValueError):
@@ -95,16 +97,9 @@ def _number(kind: type, minimum: float, text: str):
     return value
 
 
-def _positive_float(text: str) -> float:
-    return _number(float, 0, text)
-
-
-def _positive_int(text: str) -> int:
-    return _number(int, 1, text)
-
-
-def _seed(text: str) -> int:
-    return _number(int, 0, text)
+_positive_float = functools.partial(_number, float, 0)
+_positive_int = functools.partial(_number, int, 1)
+_seed = functools.partial(_number, int, 0)
 
 
 def check_out(out: str) -> Path:
