@@ -1,4 +1,4 @@
-"""Pairwise preference losses (DPO, cDPO, offset DPO, IPO, hinge) and the RRHF ranking loss.
+"""Pairwise preference losses (DPO, cDPO, offset DPO, IPO, hinge, SimPO) and the RRHF ranking loss.
 
 Each pairwise loss is declared once, in :data:`PAIRWISE_LOSSES`: its function, whether it sees
 length-averaged log-probs by default, and whether it needs a reference model. The trainer, the CLIs,
@@ -132,6 +132,38 @@ def hinge_loss(
     return torch.relu(1.0 - beta * h)
 
 
+def simpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float = 2.0,
+    gamma: float = 0.5,
+) -> torch.Tensor:
+    """SimPO: ``-logsigmoid(beta * (policy_chosen - policy_rejected) - gamma)``, no reference model.
+
+    Meng et al. 2024 (arXiv:2405.14734), Eq. 6, on *averaged* log-probs (``sequence_logps(..., average=True)``):
+    the implicit reward ``beta / |y| * log pi(y | x)`` is the policy's length-normalised log-probability (RRHF's
+    Eq. 1 score times beta), and gamma > 0 is a target reward margin. TRL's ``CPOTrainer(loss_type="simpo")``
+    computes the same (``simpo_gamma``, default 0.5). The reference tensors are accepted and ignored, so that
+    SimPO has the pairwise signature; the trainer passes None for them.
+
+    Args:
+        policy_chosen_logps, policy_rejected_logps: (B,) averaged response log-probs.
+        ref_chosen_logps, ref_rejected_logps: ignored (None from the trainer).
+        beta: > 0, the reward scale (the paper uses 2.0 to 2.5).
+        gamma: the target margin (finite).
+
+    Returns:
+        (B,) per-pair losses.
+    """
+    beta = check_positive("beta", beta)
+    gamma = check_finite("gamma", gamma)
+    check_logps(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps)
+    return F.softplus(-(beta * (policy_chosen_logps - policy_rejected_logps) - gamma))
+
+
 #: A pairwise loss: four (B,) log-prob tensors and ``beta`` (keyword) -> (B,) losses.
 PairwiseLoss = Callable[..., torch.Tensor]
 
@@ -162,6 +194,7 @@ PAIRWISE_LOSSES: dict[str, LossSpec] = {
         LossSpec("dpo", dpo_loss),  # summed log-probs: the DPO paper, TRL's loss_type="sigmoid"
         LossSpec("ipo", ipo_loss, average_logps=True),  # averaged: TRL's loss_type="ipo", confirmed by the authors
         LossSpec("hinge", hinge_loss),  # summed, as TRL's loss_type="hinge"
+        LossSpec("simpo", simpo_loss, average_logps=True, needs_reference=False),  # Meng et al. 2024, Eq. 6
     )
 }
 
