@@ -133,7 +133,9 @@ def test_the_first_row_index_breaks_other_shapes():
     scores = torch.tensor([1.0, 2.0, 3.0, 4.0])
     rewards = torch.tensor([4.0, 3.0, 2.0, 1.0])  # GanjinZero/RRHF issue 29: every pair violated
     assert official_rank_loss(scores, rewards.unsqueeze(0)).item() == pytest.approx(10.0)
-    assert official_rank_loss(scores, rewards).item() == 0.0  # no batch dimension: row 0 only, and it is the best
+    assert official_rank_loss(scores, rewards).item() == 0.0  # no batch dimension: row 0 of rw_diff is all False
+    # ... and in general the 1-D mask selects whole rows of diff: minus their sum, which can be negative
+    assert official_rank_loss(scores.flip(0), rewards.flip(0)).item() == pytest.approx(-6.0)  # Eq. 2 gives 10
     two_prompts = torch.stack([rewards, rewards])  # (2, K) rewards, 2K scores
     with pytest.raises(RuntimeError):
         official_rank_loss(torch.cat([scores, scores]), two_prompts)

@@ -270,10 +270,11 @@ def rrhf_loss(
     """RRHF: ``L = L_rank + sft_weight * L_ft`` (Yuan et al. 2023, arXiv:2304.05302, Eq. 5).
 
     The policy scores its own candidates (no reference model): ``p_i = logp_i / |y_i|**length_penalty``
-    (Eq. 1; ``length_penalty=1`` is the paper's length-normalised average, as in the official code).
+    (Eq. 1; ``length_penalty=1`` is the paper's length-normalised average; the official code's default is
+    1 too, but it divides by the padded width, see :mod:`course_lib.maths.rrhf_official`).
     ``L_rank = sum_{r_i < r_j} max(0, p_i - p_j)`` (Eq. 2); ``L_ft = -logp(y_best)`` with
-    ``y_best = argmax_i r_i`` summed over its tokens (Eqs. 3-4; the official code takes a token mean
-    instead). The paper weighs the two terms equally.
+    ``y_best = argmax_i r_i`` summed over its tokens (Eqs. 3-4; the official code divides that sum by the
+    padded width instead). The paper weighs the two terms equally.
 
     Args:
         candidate_logps: (B, K) *summed* response log-probs under the policy.

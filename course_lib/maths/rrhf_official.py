@@ -90,8 +90,10 @@ def official_rank_loss(scores: torch.Tensor, rw_scores: torch.Tensor) -> torch.T
     """``RRHFTrainer.rrhf_loss``, line for line. scores: (R,); rw_scores: (1, K) per device (R = K). -> ().
 
     ``diff[i, j] = p_j - p_i``; pairs with ``r_j > r_i`` and ``p_j < p_i`` add ``p_i - p_j``: the hinge of
-    Eq. 2. The ``[0]`` takes the first prompt's reward matrix: with rw_scores of shape (K,) (no batch
-    dimension) it keeps only the pairs whose worse candidate is candidate 0 (issue 29); with two prompts,
+    Eq. 2. The ``[0]`` takes the first prompt's reward matrix. With rw_scores of shape (K,) (no batch
+    dimension) ``rw_diff`` is (K, K) and ``[0]`` is its first row: a 1-D mask that selects whole ROWS of
+    ``diff``, so the result is minus the sum of those rows, and can be negative (scores (4, 3, 2, 1) with
+    rewards (1, 2, 3, 4) give -6, where Eq. 2 gives 10; issue 29's example gives 0). With two prompts,
     (2, K), the shapes no longer broadcast and torch raises a RuntimeError.
     """
     diff = scores.unsqueeze(0) - scores.unsqueeze(-1)  # (R, R)
