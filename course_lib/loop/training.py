@@ -35,7 +35,7 @@ from ..maths.metrics import preference_metrics
 from ..toyworld.batching import encode_prompt_response
 from ..toyworld.runtime import tiny_model_threads
 from .device import resolve_device
-from .scoring import check_fits, response_logps
+from .scoring import autocast_for, check_fits, response_logps
 
 #: ``evaluate(policy, step, steps) -> dict | None``: called before the first step (step 0) and after every step;
 #: a dict is stored in ``history.evals`` with its step, None skips that step.
@@ -50,6 +50,11 @@ class TrainSettings:
     ``device`` None means :func:`course_lib.loop.device.default_device`; ``tokenizer`` None means the toy
     tokenizer; ``evaluate`` is the held-out callback (:data:`Evaluate`); ``batch_size`` None means the
     trainer's own default (32 pairs or examples, 8 rankings).
+
+    The optimiser is constant-rate Adam unless told otherwise: ``optimizer`` is a torch optimiser class (or a
+    ``functools.partial`` of one) called as ``optimizer(params, lr=lr)``; ``lr_schedule(step, steps)``
+    multiplies ``lr`` at 0-based ``step``; ``max_grad_norm`` clips the gradients' global norm. The data build
+    trains its reference model this way (AdamW, warm-up and cosine decay, clipping at 1).
     """
 
     steps: int = 200
@@ -60,6 +65,9 @@ class TrainSettings:
     tokenizer: object = None
     evaluate: Evaluate | None = None
     progress: bool = True
+    optimizer: Callable | None = None
+    lr_schedule: Callable[[int, int], float] | None = None
+    max_grad_norm: float | None = None
 
 
 def _settings(trainer: str, given: dict, batch_size: int) -> TrainSettings:
@@ -161,7 +169,7 @@ def _evaluate(evaluate: Evaluate | None, policy, step: int, steps: int, history:
 
 
 def _optimizer(policy: torch.nn.Module, settings: TrainSettings):
-    """(named trainable parameters, Adam over them); the policy goes to the device, in eval mode."""
+    """(named trainable parameters, their optimiser); the policy goes to the device, in eval mode."""
     named_params = [(name, p) for name, p in policy.named_parameters() if p.requires_grad]
     if not named_params:
         raise ValueError(
@@ -171,9 +179,21 @@ def _optimizer(policy: torch.nn.Module, settings: TrainSettings):
     policy.to(settings.device)
     policy.eval()  # no dropout; gradients still flow
     params = [p for _, p in named_params]
+    if settings.optimizer is not None:
+        return named_params, settings.optimizer(params, lr=settings.lr)
     # fused Adam updates all parameters in one kernel (about 4x faster on CPU for the toy model)
     fused = settings.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
     return named_params, torch.optim.Adam(params, lr=settings.lr, fused=fused)
+
+
+def _step(optimizer, named_params, settings: TrainSettings, step: int) -> None:
+    """One update: gradients clipped and lr scheduled when the settings ask for it."""
+    if settings.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for _, p in named_params], settings.max_grad_norm)
+    if settings.lr_schedule is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * settings.lr_schedule(step - 1, settings.steps)
+    optimizer.step()
 
 
 def _run(policy, settings: TrainSettings, desc: str, step_fn) -> History:
@@ -192,7 +212,7 @@ def _run(policy, settings: TrainSettings, desc: str, step_fn) -> History:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             _check_gradients(named_params, loss, step, desc, history)
-            optimizer.step()
+            _step(optimizer, named_params, settings, step)
             history.append({"step": step, "loss": loss.item(), **record})
             if settings.progress:
                 bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
@@ -440,6 +460,9 @@ def train_rrhf(
 def train_sft(policy: torch.nn.Module, examples: list[dict], **settings) -> History:
     """Supervised fine-tuning: minimise the mean per-token negative log-likelihood of the responses.
 
+    Each step draws ``batch_size`` examples with replacement and takes the cross-entropy over all their
+    response tokens (and <eos>). The data build trains its reference model with it.
+
     Args:
         examples: dicts with a "prompt" string and a "completion" string (TRL's prompt-completion form,
             what :func:`course_lib.toyworld.data.load_sft_corpus` returns) or a "response" string; the
@@ -458,10 +481,17 @@ def train_sft(policy: torch.nn.Module, examples: list[dict], **settings) -> Hist
     encoded = encode_prompt_response(run.tokenizer, [e["prompt"] for e in examples], responses)
     check_fits(policy, encoded, lambda row: f"examples[{row}] (prompt + completion)")
 
+    trim = encoded["input_ids"].shape[1] > FIXED_WIDTH_UP_TO
+
     def step_fn(generator):
-        idx = _batch_indices(generator, len(examples), run.batch_size)
-        logps, lengths = response_logps(policy, {k: v[idx] for k, v in encoded.items()})
-        return -(logps.sum() / lengths.sum()), {}
+        idx = torch.randint(len(examples), (run.batch_size,), generator=generator)  # with replacement
+        batch = {k: v[idx].to(run.device) for k, v in encoded.items()}
+        width = int(batch["attention_mask"].sum(-1).max()) if trim else batch["input_ids"].shape[1]
+        with autocast_for(run.device):
+            logits = policy(input_ids=batch["input_ids"][:, :width], attention_mask=batch["attention_mask"][:, :width])
+        # logits[:, t] predicts token t + 1; the labels are IGNORE_INDEX on the prompt and the padding
+        labels = batch["labels"][:, 1:width].flatten()
+        return torch.nn.functional.cross_entropy(logits.logits[:, :-1].flatten(0, 1).float(), labels), {}
 
     with tiny_model_threads(policy):
         history = _run(policy, run, "sft", step_fn)

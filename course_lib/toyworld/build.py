@@ -13,6 +13,7 @@ identical byte for byte.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -98,14 +99,30 @@ def build_corpus(n: int, rng: random.Random) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- 3. reference model
+def warmup_cosine(step: int, steps: int) -> float:
+    """The reference model's lr multiplier at 0-based ``step``: linear warm-up over the first tenth of the
+    steps, times a cosine decay from 1 to 0.1."""
+    warmup = max(1, steps // 10)
+    return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+#: How ``train_sft`` trains the reference model: AdamW, ``warmup_cosine``, gradients clipped at norm 1.
+REFERENCE_RECIPE = dict(
+    lr=LR,
+    optimizer=functools.partial(torch.optim.AdamW, betas=(0.9, 0.98), weight_decay=0.01),
+    lr_schedule=warmup_cosine,
+    max_grad_norm=1.0,
+)
+
+
 def train_reference(corpus: list[dict], tokenizer, sizes: dict, seed: int, train_sft) -> tuple[GPT2LMHeadModel, float]:
     """The tiny GPT-2 trained by ``train_sft`` (the library's SFT loop, passed in by ``course_lib.build_data``)
     on the corpus, loss on completion + <eos> only; returns (model in eval mode, mean loss of the last 20 steps)."""
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(build_reference_config(len(tokenizer)))
     history = train_sft(
-        model, corpus, steps=sizes["steps"], batch_size=sizes["batch"], lr=LR, seed=seed, device="cpu",
-        tokenizer=tokenizer, progress=False,
+        model, corpus, steps=sizes["steps"], batch_size=sizes["batch"], seed=seed, device="cpu", tokenizer=tokenizer,
+        progress=False, **REFERENCE_RECIPE,
     )  # fmt: skip
     model.eval()
     return model, _mean(history.column("loss")[-20:])
@@ -346,7 +363,8 @@ def datasheet(s: dict) -> str:
     ]
     rank_all = rank["train"] + rank["test"]
     return DATASHEET.format(
-        s=s, ps=s["pair_stats"], cfg=s["config"], cmd=cmd, cut=cut, K=K, LR=LR, MAX_NEW_TOKENS=MAX_NEW_TOKENS,
+        s=s, ps=s["pair_stats"], cfg=s["config"], cmd=cmd, cut=cut, K=K, MAX_NEW_TOKENS=MAX_NEW_TOKENS,
+        lr=f"{LR:.0e}".replace("e-0", "e-"),  # 3e-3
         table="\n".join(f"| `{f}` | {n} | {d} |" for f, n, d in rows),
         rank_mean=_mean(x for r in rank_all for x in r["rewards"]),
         best_of_k=_mean(max(r["rewards"]) for r in rank_all),
@@ -400,9 +418,9 @@ trailing space. Rewards are rounded to 4 decimals. Load with `course_lib.toyworl
    `<pad>`=0, `<unk>`=1, `<eos>`=2, then the vocabulary. Adds no special tokens by itself.
 3. **Reference model**: GPT-2 with n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd},
    n_inner={cfg.n_inner}, n_positions={cfg.n_positions}, no dropout, tied embeddings:
-   **{s[n_params]:,} parameters**. Trained by the library's `train_sft` for {s[sizes][steps]} Adam steps
-   (batch {s[sizes][batch]}, lr {LR:g}, constant) on prompt + completion + `<eos>`, loss on the completion only;
-   final loss (mean of last 20 steps) {s[final_sft_loss]:.3f}.
+   **{s[n_params]:,} parameters**. Trained for {s[sizes][steps]} AdamW steps (batch {s[sizes][batch]},
+   lr {lr}, cosine) on prompt + completion + `<eos>`, loss on the completion only; final loss
+   (mean of last 20 steps) {s[final_sft_loss]:.3f}.
 4. **Preferences**: for each prompt (cycled), two responses sampled from the reference model
    (temperature 1, at most {MAX_NEW_TOKENS} new tokens), until {n_pairs} pairs were kept. Of the {examined} pairs
    examined, {ps[ties]} ties (equal reward, including identical responses) and {ps[duplicates]} repeats of an
