@@ -348,7 +348,8 @@ def build(
 
 # ----------------------------------------------------------------------------- 6. datasheet
 def datasheet(s: dict) -> str:
-    """Renders the README datasheet (:data:`DATASHEET`) from build statistics (every number is computed)."""
+    """Renders the README datasheet (the template ``datasheet.md`` beside this module) from build statistics
+    (every number is computed)."""
     det, bt, cut, rank = s["det"], s["bt"], s["cut"], s["rank"]
     cmd = "python -m course_lib.build_data"
     cmd += (f" --seed {s['seed']}" if s["seed"] else "") + (" --small" if s["small"] else "")
@@ -362,7 +363,7 @@ def datasheet(s: dict) -> str:
         ("rankings/test.jsonl", len(rank["test"]), f"prompt, responses ({K}), rewards ({K})"),
     ]
     rank_all = rank["train"] + rank["test"]
-    return DATASHEET.format(
+    return (Path(__file__).parent / "datasheet.md").read_text(encoding="utf-8").format(
         s=s, ps=s["pair_stats"], cfg=s["config"], cmd=cmd, cut=cut, K=K, MAX_NEW_TOKENS=MAX_NEW_TOKENS,
         lr=f"{LR:.0e}".replace("e-0", "e-"),  # 3e-3
         table="\n".join(f"| `{f}` | {n} | {d} |" for f, n, d in rows),
@@ -375,73 +376,3 @@ def datasheet(s: dict) -> str:
         chosen_tokens=_mean(len(r["chosen"].split()) for r in det),
         rejected_tokens=_mean(len(r["rejected"].split()) for r in det),
     )  # fmt: skip
-
-
-#: The datasheet written as data/README.md; :func:`datasheet` fills it in.
-DATASHEET = """# Toy-world data (Chapter 18: RRHF and IPO)
-
-Made by this project, not downloaded: `{cmd}` wrote every file here from seed {s[seed]}
-(one CPU thread, seeded generators, `torch.use_deterministic_algorithms(True)`).
-It follows the spirit of the controlled-sentiment task of the DPO paper: prompts open
-a movie review, responses continue it with words from a {n_vocab}-word vocabulary, and a
-closed-form true reward scores every response.
-
-## True reward
-
-For a response with n whitespace-separated tokens ("." counts as a token):
-
-    reward = (#distinct positive words - #distinct negative words)
-             - 0.5 * (#tokens that repeat an earlier token of the response)
-             - 0.1 * max(0, n - 8)
-
-({n_positive} positive and {n_negative} negative words; see `course_lib/toyworld/task.py`.) Only the
-response is scored. "great great great" scores 0.0 while "great" scores 1.0, so spamming is penalised.
-
-## Files
-
-| file | records | fields |
-|---|---|---|
-{table}
-| `reference_model/` | - | GPT-2 weights (safetensors), config and tokenizer |
-
-Continuations (`completion`, `chosen`, `rejected`, `responses`) start with one space, as in TRL's
-preference format (TRL joins `prompt + chosen` as strings before tokenizing); prompts have no
-trailing space. Rewards are rounded to 4 decimals. Load with `course_lib.toyworld.data.load_preferences`,
-`load_rankings`, `load_sft_corpus`, which validate every line and check this folder's manifest.
-
-## How it was made
-
-1. **SFT corpus**: {s[sizes][corpus]} synthetic reviews; each prompt is one of {n_prompts} openings and
-   each continuation (3-12 tokens) comes from a small grammar, positive, negative or mixed with
-   equal probability, with occasional stuttered repeats. Mean true reward of the corpus: {s[corpus_reward]:.3f}.
-2. **Tokenizer**: word level (`tokenizers` WordLevel + WhitespaceSplit), {s[vocab_size]} ids:
-   `<pad>`=0, `<unk>`=1, `<eos>`=2, then the vocabulary. Adds no special tokens by itself.
-3. **Reference model**: GPT-2 with n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd},
-   n_inner={cfg.n_inner}, n_positions={cfg.n_positions}, no dropout, tied embeddings:
-   **{s[n_params]:,} parameters**. Trained for {s[sizes][steps]} AdamW steps (batch {s[sizes][batch]},
-   lr {lr}, cosine) on prompt + completion + `<eos>`, loss on the completion only; final loss
-   (mean of last 20 steps) {s[final_sft_loss]:.3f}.
-4. **Preferences**: for each prompt (cycled), two responses sampled from the reference model
-   (temperature 1, at most {MAX_NEW_TOKENS} new tokens), until {n_pairs} pairs were kept. Of the {examined} pairs
-   examined, {ps[ties]} ties (equal reward, including identical responses) and {ps[duplicates]} repeats of an
-   earlier pair were dropped; the first {cut} kept pairs form train, the next {n_test} test, so no pair
-   appears in both.
-   Mean true reward of all {ps[sampled]} reference samples: **{s[ref_reward]:.3f}**.
-   Mean chosen / rejected reward (train, deterministic): {chosen_mean:.3f} / {rejected_mean:.3f}.
-   Mean response length: {chosen_tokens:.2f} tokens (chosen), {rejected_tokens:.2f} (rejected).
-   - *deterministic*: the higher reward is chosen.
-   - *bradley_terry*: the first sample is chosen with probability sigmoid(r1 - r2). These labels agree
-     with the deterministic ones on {bt_agree_percent:.1f}% of pairs.
-5. **Rankings** (RRHF): {K} distinct reference samples per prompt, in sampling order (not sorted),
-   with their true rewards; no (prompt, response set) appears in both splits. Mean reward
-   {rank_mean:.3f}, mean best-of-{K} reward {best_of_k:.3f}.
-
-## Reproducibility and integrity
-
-`MANIFEST.sha256` holds the sha256 of every file above (`sha256sum -c MANIFEST.sha256` works here);
-the loaders refuse a file that no longer matches it. The committed files are the reference:
-rerunning the command on the same machine reproduces them bit for bit, but floating-point
-training can differ slightly across CPU models and library versions, so a rebuild elsewhere
-may give a slightly different model and samples. Restore the committed files with
-`git checkout -- data/`.
-"""

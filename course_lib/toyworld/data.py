@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from ..maths.checks import check_choice, check_record
+from .batching import check_messages, encode_prompt, encode_response
 from .task import MAX_POSITIONS, VOCAB, true_reward
 
 MANIFEST = "MANIFEST.sha256"
@@ -320,3 +321,119 @@ def load_sft_corpus(*, data_dir=None, verify: bool = True) -> list[dict]:
         prompt = _check_text(where, "prompt", r["prompt"])
         corpus.append({"prompt": prompt, "completion": _check_text(where, "completion", r["completion"], prompt)})
     return corpus
+
+
+# ----------------------------------------------------------------------------- any data set in TRL's preference format
+def load_pairs(
+    dataset: str | None, labelling: str, *, tokenizer=None, context: int | None = None
+) -> tuple[list[dict], list[dict]]:
+    """(train, test) preference pairs: the toy data by default, else a folder or hub dataset.
+
+    A local folder is read line by line (``train.jsonl``, and ``test.jsonl`` when present), without the
+    ``datasets`` library, so nothing goes over the network; every row is checked and a bad one raises
+    ValueError naming its file and line: malformed JSON, a missing field, a message without
+    ``content``, ``chosen == rejected``, an empty prompt or response. With a ``tokenizer``, every pair
+    must also encode, and fit ``context`` positions when given (the model's context). A hub dataset's
+    rows are named by split and row number.
+    """
+    if dataset is None:
+        return load_preferences("train", labelling=labelling), load_preferences("test", labelling=labelling)
+    splits = _dataset_rows(dataset)
+    pairs = {
+        split: [(where, _checked_pair(row, where, tokenizer, context)) for where, row in rows]
+        for split, rows in splits.items()
+    }
+    train = [pair for _, pair in pairs["train"]]
+    if "test" in pairs:
+        return train, [pair for _, pair in pairs["test"]]
+    n_test = max(1, len(train) // 10)  # no test split: hold the last tenth out of training
+    if len(train) < 2:
+        raise ValueError(f"dataset {dataset!r} has {len(train)} pair(s) and no test split: nothing to hold out")
+    return train[:-n_test], train[-n_test:]
+
+
+def _dataset_rows(dataset: str) -> dict[str, list[tuple[str, dict]]]:
+    """``{split: [(where, row)]}`` from a local folder (where = "file, line n") or the hub ("name [split] row i")."""
+    where = local_path_or_hub_id(dataset, "--dataset")
+    if isinstance(where, Path):
+        if not (where / "train.jsonl").is_file():
+            raise FileNotFoundError(f"--dataset {dataset!r} has no train.jsonl")
+        return {s: _records(where, f"{s}.jsonl", False, ()) for s in SPLITS if (where / f"{s}.jsonl").is_file()}
+    from datasets import load_dataset
+
+    loaded = load_dataset(dataset)  # a hub name: needs a network connection
+    if "train" not in loaded:
+        raise ValueError(f"dataset {dataset!r} has no train split (it has {sorted(loaded)})")
+    return {
+        split: [(f"{dataset} [{split}] row {i}", dict(row)) for i, row in enumerate(loaded[split])]
+        for split in ("train", "test")
+        if split in loaded
+    }
+
+
+def _checked_pair(row: dict, where: str, tokenizer=None, context: int | None = None) -> dict:
+    """``standard_pair(row)``, after checking the row; ValueError naming ``where`` for anything wrong."""
+    missing = [field for field in ("chosen", "rejected") if field not in row or row[field] is None]
+    if missing:
+        raise ValueError(
+            f"{where}: missing field {missing[0]!r}; TRL's preference format needs 'chosen' and 'rejected' "
+            f"(and optionally 'prompt'); the row has {sorted(row)}"
+        )
+    for field in ("chosen", "rejected", "prompt"):
+        value = row.get(field)
+        if field == "prompt" and value is None:
+            continue
+        if isinstance(value, list):
+            check_messages(value, f"{where}: {field!r}")
+        elif not isinstance(value, str):
+            raise ValueError(f"{where}: {field!r} must be a string or a list of messages, got {type(value).__name__}")
+    if isinstance(row["chosen"], list) != isinstance(row["rejected"], list):
+        raise ValueError(f"{where}: 'chosen' and 'rejected' must both be strings or both be conversations")
+    try:
+        pair = standard_pair(row)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{where}: cannot read the pair ({type(err).__name__}: {err})") from None
+    prompt, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
+    if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+        raise ValueError(f"{where}: the prompt is empty (no 'prompt' field, or chosen and rejected share no beginning)")
+    for field, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():
+            raise ValueError(f"{where}: the {field} response is empty")
+    if chosen.strip() == rejected.strip():
+        raise ValueError(f"{where}: chosen and rejected are the same response {chosen.strip()[:60]!r}")
+    if tokenizer is not None:
+        try:
+            prompt_ids = encode_prompt(tokenizer, prompt)
+            lengths = {field: len(encode_response(tokenizer, pair[field])) for field in ("chosen", "rejected")}
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"{where}: {str(err).replace('prompt 0 ', 'the prompt ').replace('response 0 ', 'the response ')}"
+            ) from None
+        for field, n in lengths.items():
+            if context is not None and len(prompt_ids) + n > context:
+                raise ValueError(
+                    f"{where}: prompt + {field} is {len(prompt_ids) + n} tokens long ({len(prompt_ids)} + {n}, with "
+                    f"eos), but the model allows {context} positions; shorten or drop this pair"
+                )
+    return pair
+
+
+def standard_pair(row: dict) -> dict:
+    """Any of TRL's four preference forms -> ``{"prompt": str | messages, "chosen": str, "rejected": str}``.
+
+    Standard or conversational (lists of messages), with an explicit ``prompt`` or an implicit one (the
+    shared beginning of chosen and rejected, as TRL's ``extract_prompt`` finds it).
+    """
+    chosen, rejected = row["chosen"], row["rejected"]
+    prompt = row.get("prompt")
+    if prompt is None:  # implicit prompt: the longest shared beginning
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        if isinstance(chosen, str):  # cut at a word boundary, as TRL does for text
+            shared = chosen.rfind(" ", 0, shared + 1) if shared < len(chosen) and chosen[shared] != " " else shared
+            shared = max(shared, 0)
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    if isinstance(chosen, list):  # conversational: the assistant's reply is the response
+        chosen, rejected = (" ".join(m["content"] for m in side) for side in (chosen, rejected))
+    return {**row, "prompt": prompt, "chosen": chosen, "rejected": rejected}
