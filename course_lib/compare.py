@@ -17,7 +17,6 @@ Only this module parses options: :func:`parse_args` turns them into a :class:`Co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import difflib
@@ -234,7 +233,7 @@ def _load_world(config: CompareConfig) -> World:
 
     dtype = torch.bfloat16 if config.device.type == "cuda" and config.model is not None else None
     try:
-        with _hf_progress_bars(config.progress):
+        with models.hub_progress_bars(config.progress):
             reference, tokenizer = models.load_model_and_tokenizer(
                 config.model_location, device=config.device, dtype=dtype
             )
@@ -418,21 +417,6 @@ def eq11_mean_margin(pairs: list[dict], beta: float) -> float | None:
     if not all("chosen_reward" in p and "rejected_reward" in p for p in pairs):
         return None
     return ipo_optimal_margins(pairs, beta=beta).mean().item()
-
-
-@contextlib.contextmanager
-def _hf_progress_bars(shown: bool):
-    """Hide transformers' own progress bars ("Loading weights") under ``--no-progress``; restore them after."""
-    from transformers.utils import logging as hf_logging
-
-    was_shown = hf_logging.is_progress_bar_enabled()
-    if not shown:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_shown and not shown:
-            hf_logging.enable_progress_bar()
 
 
 def format_table(results: dict) -> str:

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 from transformers import GPT2LMHeadModel
-from transformers.utils import logging as hf_logging
 
 from .data import MANIFEST, DataIntegrityError, data_dir, read_manifest, write_manifest
-from .models import build_reference_config, build_tokenizer
+from .models import build_reference_config, build_tokenizer, hub_progress_bars
 from .sampling import sample_responses
 from .task import NEGATIVE_WORDS, POSITIVE_WORDS, PROMPTS, VOCAB, true_reward
 
@@ -332,18 +331,14 @@ def build(
         elif target.exists():
             target.unlink()
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    bars = hf_logging.is_progress_bar_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    hf_logging.disable_progress_bar()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), hub_progress_bars(False):
             return _build_into(out, seed, small, print if verbose else (lambda *a, **k: None), train_sft)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------- 6. datasheet

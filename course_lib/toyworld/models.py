@@ -5,12 +5,14 @@ written by ``python -m course_lib.build_data``. Load them with
 ``load_model_and_tokenizer()``; any other local folder or hub name works too.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from .data import data_dir, local_path_or_hub_id, verify_if_listed
 from .task import MAX_POSITIONS, VOCAB
@@ -115,3 +117,16 @@ def _from_pretrained(auto_class, where: Path | str, what: str, file_hints: tuple
             f"cannot load the {what} in {where.resolve()} ({', '.join(files) or f'no {what} file'}): "
             f"{type(err).__name__}: {err}. Is a file truncated or corrupt?"
         ) from err
+
+
+@contextlib.contextmanager
+def hub_progress_bars(shown: bool):
+    """Hide transformers' own progress bars ("Loading weights") unless ``shown``; restore them after."""
+    was_shown = hf_logging.is_progress_bar_enabled()
+    if not shown:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_shown and not shown:
+            hf_logging.enable_progress_bar()
