@@ -1,5 +1,5 @@
-"""The teaching layer's plots draw what they say: Psi's two curves, the two-action optima on a log axis with
-plain labels, the histogram's lines, curves from step 0, and a frontier as each method's points and Pareto front."""
+"""The teaching layer's plots draw what they say: curves from step 0, and a frontier as each method's points and
+Pareto front on a log axis with plain labels."""
 
 import matplotlib
 
@@ -7,42 +7,14 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-from course_lib.maths.bandit import ipo_bandit_optimum  # noqa: E402
-from course_lib.teaching.ipo_plots import plot_frontier, plot_margin_histogram, plot_psi, plot_two_action_optimum  # noqa: E402
-from course_lib.teaching.plots import pareto_front, plot_comparison, plot_over_steps  # noqa: E402
+from course_lib.teaching.plots import pareto_front, plot_comparison, plot_over_steps, plot_reward_kl_frontier  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def close_figures():
     yield
     plt.close("all")
-
-
-def test_psi_curves_are_logit_and_shifted_identity():
-    logit, identity = plot_psi().get_lines()[:2]
-    p = torch.tensor(logit.get_xdata())
-    torch.testing.assert_close(torch.tensor(logit.get_ydata()), torch.logit(p))
-    torch.testing.assert_close(torch.tensor(identity.get_ydata()), p - 0.5)
-
-
-def test_two_action_optimum_is_one_for_dpo_and_the_closed_form_for_ipo():
-    taus = [0.1, 1.0, 10.0]
-    ax = plot_two_action_optimum(taus)
-    dpo, ipo = ax.get_lines()[:2]
-    assert list(dpo.get_ydata()) == [1.0, 1.0, 1.0]
-    expected = [ipo_bandit_optimum([(0, 1)], beta=t)[0].item() for t in taus]
-    assert list(ipo.get_ydata()) == pytest.approx(expected)
-    assert expected == pytest.approx([torch.sigmoid(torch.tensor(1 / (2 * t))).item() for t in taus], abs=1e-5)
-    assert ax.get_xscale() == "log" and ax.xaxis.get_major_formatter()(0.5, 0) == "0.5"
-    assert len(ax.get_legend().get_texts()) == len(ax.get_lines())  # every line style is in the legend
-
-
-def test_histogram_marks_the_target_and_the_optimum_mean():
-    predicted = torch.tensor([0.2, 0.6, 1.3], dtype=torch.float64)
-    ax = plot_margin_histogram({"trained": torch.tensor([0.1, 0.9])}, target=1.0, predicted=predicted)
-    assert sorted(line.get_xdata()[0] for line in ax.get_lines()) == pytest.approx([predicted.mean().item(), 1.0])
 
 
 def test_pareto_front_keeps_only_runs_nothing_beats_on_both():
@@ -52,14 +24,14 @@ def test_pareto_front_keeps_only_runs_nothing_beats_on_both():
 
 def test_frontier_draws_points_and_a_front_that_never_doubles_back():
     points = [
-        {"loss": loss, "beta": beta, "kl": kl, "kl_stderr": 0.1, "reward": reward, "reward_stderr": 0.1}
-        for loss, beta, kl, reward in [("dpo", 1.0, 3.0, 2.0), ("dpo", 0.1, 10.0, 1.0), ("dpo", 0.3, 6.0, 2.5),
-                                       ("ipo", 0.5, 2.0, 1.5)]
+        {"method": method, "label": f"{beta:g}", "kl": kl, "kl_stderr": 0.1, "reward": reward, "reward_stderr": 0.1}
+        for method, beta, kl, reward in [("dpo", 1.0, 3.0, 2.0), ("dpo", 0.1, 10.0, 1.0), ("dpo", 0.3, 6.0, 2.5),
+                                         ("ipo", 0.5, 2.0, 1.5)]
     ]  # fmt: skip
-    ax = plot_frontier(points, reference_reward=-0.5)
+    ax = plot_reward_kl_frontier(points, log_kl=True, reference_reward=-0.5)
     markers = {c.get_label(): c.lines[0] for c in ax.containers}
-    assert sorted(markers) == ["dpo (summed log-probs)", "ipo (averaged log-probs)"]
-    dpo = markers["dpo (summed log-probs)"]
+    assert sorted(markers) == ["dpo", "ipo"]
+    dpo = markers["dpo"]
     assert dpo.get_linestyle() == "None" and sorted(dpo.get_xdata()) == [3.0, 6.0, 10.0]
     fronts = [line for line in ax.get_lines() if line.get_linestyle() == "-" and len(line.get_xdata()) > 1]
     assert [list(line.get_xdata()) for line in fronts] == [[3.0, 6.0]]  # beta 0.1 is beaten: not on the front
