@@ -1,16 +1,5 @@
-"""The checking engine behind ``check_dpo_loss``, ``check_ipo_loss`` and ``check_rrhf_loss``.
-
-It knows nothing about any one loss: an :class:`Exercise` brings the library's function (the answer), its
-prepared :class:`Case` inputs and its catalogue of known :class:`Mistake` formulas (:mod:`.pairwise`,
-:mod:`.ranking`). :func:`diagnose` judges a learner's function by its outputs alone:
-
-1. it runs the function on every case (warnings silenced); an exception, an input changed in place, or a
-   result that is not a floating-point tensor stops it there;
-2. it compares each result with the library's, with a tolerance that suits the inputs' dtype;
-3. if a result differs, it looks for the first known mistake (in float64, with the batch mean or sum, or
-   leaving out the extreme cases where the learner's function overflows) that reproduces every result,
-   then a wrong shape, a constant offset, a float16 intermediate, inf/NaN, and otherwise shows the numbers;
-4. if every value is right, it checks that ``.backward()`` gives the library's gradients.
+"""The checking engine: it judges a learner's function by its outputs alone, against an :class:`Exercise`
+(the library's function, prepared :class:`Case` inputs and a catalogue of known :class:`Mistake` formulas).
 """
 
 import inspect
@@ -46,7 +35,6 @@ class Exercise:
     """Everything one checker needs."""
 
     reference: Callable  # the library's function: the answer
-    reference_name: str  # its dotted name, as the messages show it
     tensor_names: tuple  # its positional arguments, in order; the other inputs are keywords
     cases: tuple
     mistakes: tuple
@@ -60,13 +48,21 @@ class Exercise:
     none_inputs: tuple = ()  # tensors passed as None (a reference-free loss's reference log-probs)
 
     @property
+    def reference_name(self) -> str:
+        return f"{self.reference.__module__}.{self.reference.__name__}"
+
+    @property
     def short_name(self) -> str:
-        return self.reference_name.rsplit(".", 1)[-1]
+        return self.reference.__name__
 
     def inputs(self, case: Case) -> tuple[list, dict]:
         """A case's fresh inputs: (positional tensors, keyword hyperparameters)."""
         built = {**case.build(), **dict.fromkeys(self.none_inputs)}
         return [built[n] for n in self.tensor_names], {k: v for k, v in built.items() if k not in self.tensor_names}
+
+    def view_of(self, case: Case):
+        args, kw = self.inputs(case)
+        return self.view(dict(zip(self.tensor_names, args)) | kw)
 
 
 class Finding(NamedTuple):
@@ -77,9 +73,8 @@ class Finding(NamedTuple):
 
 
 class Verdict(NamedTuple):
-    """What a checker decided: ``status`` "ok", "stub" or "wrong"; the ``text`` it prints; ``mistake``, the
-    label of what it reported (" + mean", " + sum", " + overflow" after a right formula whose reduction or
-    overflow is off), or None."""
+    """``status`` "ok", "stub" or "wrong"; the ``text`` printed; ``mistake``, the label of what was reported
+    (" + mean", " + sum", " + overflow" after a right formula whose reduction or overflow is off), or None."""
 
     status: str
     text: str
@@ -99,7 +94,9 @@ class _Stub(Exception):
 
 
 def diagnose(fn, ex: Exercise) -> Verdict:
-    """The verdict on ``fn`` for exercise ``ex``, without printing it."""
+    """The verdict on ``fn`` for exercise ``ex``, without printing it. Never raises for the learner's mistakes:
+    values (in order: exceptions, inputs changed in place, types, known mistakes, shapes, offsets, float16, inf/NaN,
+    the numbers), then gradients."""
     name = getattr(fn, "__name__", "")
     name = name if name.isidentifier() else "your function"
     if not callable(fn):
@@ -109,23 +106,25 @@ def diagnose(fn, ex: Exercise) -> Verdict:
     try:
         found = _values_problem(fn, ex) or _gradient_problem(fn, ex)
     except _Stub:
-        return Verdict(
-            "stub", f"⏳ {name} is not implemented yet — replace `raise NotImplementedError()` with your code."
-        )
+        text = f"⏳ {name} is not implemented yet — replace `raise NotImplementedError()` with your code."
+        return Verdict("stub", text)
     if found:
         return Verdict("wrong", f"❌ {name} does not match {ex.reference_name} yet.\n{found.text}", found.label)
     cases = f"all {len(ex.cases)} cases ({ex.summary})"
     return Verdict("ok", f"✅ {name} matches {ex.reference_name} on {cases}, gradients included.")
 
 
+def print_wrapped(text: str) -> None:
+    """Print ``text`` wrapped at 100 columns, except its indented lines (of numbers)."""
+    for line in text.split("\n"):
+        wrap = not line.startswith(" ")
+        print(textwrap.fill(line, 100, break_long_words=False, break_on_hyphens=False) if wrap else line)
+
+
 def run_checker(fn, ex: Exercise) -> bool:
-    """Print the verdict on ``fn`` for exercise ``ex`` (wrapped at 100 columns, except the indented lines of
-    numbers); True when it matches the library."""
+    """Print the verdict on ``fn`` for exercise ``ex``; True when it matches the library."""
     verdict = diagnose(fn, ex)
-    for line in verdict.text.split("\n"):
-        print(
-            line if line.startswith(" ") else textwrap.fill(line, 100, break_long_words=False, break_on_hyphens=False)
-        )
+    print_wrapped(verdict.text)
     return verdict.status == "ok"
 
 
@@ -141,7 +140,7 @@ def _values_problem(fn, ex: Exercise) -> Finding | None:
     tolerances = [_tolerance(ex.inputs(case)[0]) for case in ex.cases]
     if all(map(_close, outputs, expected, tolerances)):
         return None
-    views = [ex.view(dict(zip(ex.tensor_names, args)) | kw) for args, kw in map(ex.inputs, ex.cases)]
+    views = [ex.view_of(case) for case in ex.cases]
     return (
         _known_mistake(outputs, views, tolerances, ex)
         or _shape_problem(outputs, expected, ex)
@@ -155,7 +154,7 @@ def _values_problem(fn, ex: Exercise) -> Finding | None:
 def _call(fn, ex: Exercise, case: Case, *, first: bool):
     """Call ``fn`` on a case's inputs: (output, None) or (None, a diagnosis)."""
     tensors, hyper = ex.inputs(case)
-    saved = [(t.clone(), t._version) for t in tensors if t is not None]
+    saved = [(n, t, t.clone(), t._version) for n, t in zip(ex.tensor_names, tensors) if t is not None]
     try:
         inspect.signature(fn).bind(*tensors, **hyper)
     except TypeError as exc:
@@ -172,14 +171,11 @@ def _call(fn, ex: Exercise, case: Case, *, first: bool):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = fn(*tensors, **hyper)
-    except NotImplementedError as exc:
-        if first:
+    except Exception as exc:  # any mistake in the learner's code becomes a diagnosis
+        if first and isinstance(exc, NotImplementedError):
             raise _Stub() from exc
         return None, _exception_problem(exc, case)
-    except Exception as exc:  # any mistake in the learner's code becomes a diagnosis
-        return None, _exception_problem(exc, case)
-    given = [(n, t) for n, t in zip(ex.tensor_names, tensors) if t is not None]
-    for (name, t), (before, version) in zip(given, saved):
+    for name, t, before, version in saved:
         if t._version != version or t.shape != before.shape or not torch.equal(t, before):
             text = (
                 f"Your function changed its input {name} in place (on the case: {case.name}). A loss must not "
@@ -190,39 +186,41 @@ def _call(fn, ex: Exercise, case: Case, *, first: bool):
     return out, _type_problem(out, ex)
 
 
+# What a value that is not a float tensor gets told: (test, message); {per} says what to return.
+_TYPE_MESSAGES = (
+    (
+        lambda out: isinstance(out, torch.Tensor),
+        "Your function returns a tensor of dtype {dtype}; losses are floating point ({per}). "
+        "Look for integer division, a comparison, or .long().",
+    ),
+    (lambda out: out is None, "Your function returns None: did you forget `return`? Return {per}."),
+    (
+        lambda out: type(out).__module__.startswith("numpy"),
+        "Your function returns a numpy {kind}: stay in torch (numpy cuts the autograd graph, so no "
+        "gradient would reach the policy). Return {per}.",
+    ),
+    (
+        lambda out: isinstance(out, float),
+        "Your function returns a Python float (.item() or float(...)?): that cuts the autograd graph "
+        "and loses the batch. Return {per}.",
+    ),
+    (lambda out: isinstance(out, tuple), "Your function returns a tuple: return only the losses, {per}."),
+    (
+        lambda out: isinstance(out, list),
+        "Your function returns a Python list: return {per}, built with torch operations "
+        "(torch.stack turns a list of tensors into one tensor).",
+    ),
+    (lambda out: True, "Your function returns a value of type {kind}; return {per}."),
+)
+
+
 def _type_problem(out, ex: Exercise) -> Finding | None:
     """A diagnosis when ``out`` is not a floating-point torch tensor."""
-    per = f"one loss per {ex.unit}, a tensor of shape (B,)"
-    kind = type(out).__name__
     if isinstance(out, torch.Tensor) and out.is_floating_point():
         return None
-    if isinstance(out, torch.Tensor):
-        text = (
-            f"Your function returns a tensor of dtype {out.dtype}; losses are floating point ({per}). "
-            "Look for integer division, a comparison, or .long()."
-        )
-    elif out is None:
-        text = f"Your function returns None: did you forget `return`? Return {per}."
-    elif type(out).__module__.startswith("numpy"):
-        text = (
-            f"Your function returns a numpy {kind}: stay in torch (numpy cuts the autograd graph, so no "
-            f"gradient would reach the policy). Return {per}."
-        )
-    elif isinstance(out, float):
-        text = (
-            "Your function returns a Python float (.item() or float(...)?): that cuts the autograd graph "
-            f"and loses the batch. Return {per}."
-        )
-    elif isinstance(out, tuple):
-        text = f"Your function returns a tuple: return only the losses, {per}."
-    elif isinstance(out, list):
-        text = (
-            f"Your function returns a Python list: return {per}, built with torch operations "
-            "(torch.stack turns a list of tensors into one tensor)."
-        )
-    else:
-        text = f"Your function returns a value of type {kind}; return {per}."
-    return Finding("not a float tensor", text)
+    message = next(message for test, message in _TYPE_MESSAGES if test(out))
+    per, dtype = f"one loss per {ex.unit}, a tensor of shape (B,)", out.dtype if torch.is_tensor(out) else None
+    return Finding("not a float tensor", message.format(per=per, dtype=dtype, kind=type(out).__name__))
 
 
 _EXCEPTION_HINTS = {
@@ -243,18 +241,14 @@ def _exception_problem(exc: Exception, case: Case, where: str = "") -> Finding:
     return Finding(f"raised {type(exc).__name__}", message)
 
 
+_BATCH_REDUCED = (
+    "Your function returns one number for the whole batch (its {}) instead of one loss per {{unit}}: return "
+    "the (B,) tensor and let the caller {}."
+)
 _REDUCTIONS = {
     "none": (lambda t: t, ""),
-    "mean": (
-        lambda t: t.mean(),
-        "Your function returns one number for the whole batch (its mean) instead of one loss per {unit}: return "
-        "the (B,) tensor and let the caller take .mean().",
-    ),
-    "sum": (
-        lambda t: t.sum(),
-        "Your function returns one number for the whole batch (its sum) instead of one loss per {unit}: return "
-        "the (B,) tensor and let the caller reduce it.",
-    ),
+    "mean": (lambda t: t.mean(), _BATCH_REDUCED.format("mean", "take .mean()")),
+    "sum": (lambda t: t.sum(), _BATCH_REDUCED.format("sum", "reduce it")),
 }
 
 
@@ -314,15 +308,11 @@ def _shape_problem(outputs, expected, ex: Exercise) -> Finding | None:
 
 def _offset_problem(outputs, expected, tolerances, ex: Exercise) -> Finding | None:
     """The learner's losses are the library's plus one constant (the same on every pair of every case)."""
-    if not all(
-        o.shape == w.shape and bool(torch.isfinite(o).all() & torch.isfinite(w).all())
-        for o, w in zip(outputs, expected)
-    ):
+    pairs = list(zip(outputs, expected))
+    if not all(o.shape == w.shape and bool(torch.isfinite(o).all() & torch.isfinite(w).all()) for o, w in pairs):
         return None
     offset = float((outputs[0].double() - expected[0].double()).flatten().median())
-    if abs(offset) < 1e-3 or not all(
-        _close(o, w.double() + offset, t) for o, w, t in zip(outputs, expected, tolerances)
-    ):
+    if abs(offset) < 1e-3 or not all(_close(o, w.double() + offset, t) for (o, w), t in zip(pairs, tolerances)):
         return None
     text = (
         f"Your losses are the library's plus a constant, {offset:.4g} on every {ex.unit} (a + log(2), a stray "
@@ -377,6 +367,13 @@ def _show_numbers(outputs, expected, tolerances, views, ex: Exercise) -> Finding
     return Finding("unrecognised numbers", text)
 
 
+_DETACHED = (
+    "Your losses have the right values but are cut off from the autograd graph, so training would not change the "
+    "policy. Don't use .detach(), .item(), .numpy(), .data, torch.no_grad() or torch.tensor(...) on values computed "
+    "from the inputs."
+)
+
+
 def _gradient_problem(fn, ex: Exercise) -> Finding | None:
     """Check that gradients reach the policy's log-probs and match the library's (the values are right)."""
     for case in (c for c in ex.cases if c.check_grad):
@@ -390,12 +387,7 @@ def _gradient_problem(fn, ex: Exercise) -> Finding | None:
                 warnings.simplefilter("ignore")
                 out = fn(*mine, **hyper)
                 if not (isinstance(out, torch.Tensor) and out.requires_grad):
-                    text = (
-                        "Your losses have the right values but are cut off from the autograd graph, so training "
-                        "would not change the policy. Don't use .detach(), .item(), .numpy(), .data, "
-                        "torch.no_grad() or torch.tensor(...) on values computed from the inputs."
-                    )
-                    return Finding("wrong gradients", text)
+                    return Finding("wrong gradients", _DETACHED)
                 out.sum().backward()
         except Exception as exc:
             return _exception_problem(exc, case, " when the inputs require grad")
@@ -433,8 +425,7 @@ def _compare_gradient(got, want, name: str, case: Case, ex: Exercise) -> Finding
 
 def _kink_problem(got, want, name: str, case: Case, ex: Exercise) -> Finding | None:
     """The gradients differ only where h = 0, and are 0 there: a loss with a kink (relu, abs) at h = 0."""
-    args, kw = ex.inputs(case)
-    h = getattr(ex.view(dict(zip(ex.tensor_names, args)) | kw), "h", None)
+    h = getattr(ex.view_of(case), "h", None)
     if h is None or h.shape != got.shape:
         return None
     at_zero = h == 0

@@ -234,16 +234,14 @@ CATALOGUES = {
 def pairwise_exercise(loss) -> Exercise:
     """The checker's exercise for a loss of the registry (a name, a spec or a callable; see ``loss_spec``)."""
     spec = loss_spec(loss)
-    name = f"{spec.fn.__module__}.{spec.fn.__name__}"
     text = {
         "mistakes": (),
-        "hint": f"Check your formula against {name}'s docstring, one value per pair.",
+        "hint": f"Check your formula against {spec.fn.__module__}.{spec.fn.__name__}'s docstring, one value per pair.",
         "explain": lambda p: f"h = {format_numbers(p.h)}",
         **CATALOGUES.get(spec.name, {}),
     }
     return Exercise(
         reference=spec.fn,
-        reference_name=name,
         tensor_names=PAIR_NAMES,
         cases=PAIRWISE_CASES,
         view=Pairs,

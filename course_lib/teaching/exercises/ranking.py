@@ -157,7 +157,6 @@ RRHF_MISTAKES = (
 
 RRHF_EXERCISE = Exercise(
     reference=rrhf_loss,
-    reference_name=f"{rrhf_loss.__module__}.{rrhf_loss.__name__}",
     tensor_names=RANKING_NAMES,
     cases=RANKING_CASES,
     mistakes=RRHF_MISTAKES,

@@ -1,24 +1,14 @@
-"""Checks of Exercise 18.3's training runs (§3-5, bonus 7b) against the expected figures.
-
-A :class:`~course_lib.loop.training.History` records what produced it (``loss``, ``beta``,
-``length_normalize``, ``steps``, ``seed``), so a run is checked for the usual slips before its figures are
-compared with :mod:`.expected`: log-probs summed or averaged against the loss's default (the registry's
-``average_logps``; bonus 7b uses summed ones), the wrong beta, too few steps, another seed, the library's
-loss instead of the learner's, a policy that did not start as a copy of the reference (h is not 0 at step
-1), the reference itself trained (the KL stays 0 while the margin moves), and a policy that never moved
-(h stays 0: a loss with no slope at h = 0, where every pair starts).
-
-:func:`diagnose_run` and :func:`diagnose_sweep` return the problems (a code and a message each);
-:func:`check_run` and :func:`check_sweep` print them, or a tick, and return True when there are none.
+"""Checks of Exercise 18.3's training runs (§3-5, bonus 7b): the usual slips that a History's record of its
+settings shows (loss, beta, length_normalize, steps, seed), then its figures against :mod:`.expected`.
 """
 
 from __future__ import annotations
 
 import math
-import textwrap
 from typing import NamedTuple
 
 from ...maths.losses import PAIRWISE_LOSSES, loss_spec
+from .engine import print_wrapped
 from .expected import MAIN_RUN, SETTINGS, SUMMED_RUN, SWEEP
 
 FRESH_MARGIN = 0.02  # |h| at step 1 above this: the policy was not a fresh copy of the reference
@@ -60,7 +50,7 @@ class Want(NamedTuple):
         return (SUMMED_RUN if self.part == "summed" else MAIN_RUN).get(self.loss, ())
 
 
-def _want(loss, part, beta, steps, eval_every, seed, loss_fn) -> Want:
+def _want(loss, *, part="main", beta=None, steps=None, eval_every=None, seed=None, loss_fn=None) -> Want:
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     spec = loss_spec(loss)
@@ -74,7 +64,7 @@ def _want(loss, part, beta, steps, eval_every, seed, loss_fn) -> Want:
 
 
 def diagnose_run(history, loss: str, *, part="main", beta=None, steps=None, eval_every=None, seed=None, loss_fn=None):
-    """The slips in one run of ``loss`` (a name of the registry); an empty list when it is as expected.
+    """The slips in one run of ``loss`` (a name of the registry), as :class:`RunProblem` s; [] when there are none.
 
     Args:
         history: what ``train_preference`` returned.
@@ -86,7 +76,11 @@ def diagnose_run(history, loss: str, *, part="main", beta=None, steps=None, eval
 
     The figures are compared with :mod:`.expected` only when beta and steps are the expected ones.
     """
-    want = _want(loss, part, beta, steps, eval_every, seed, loss_fn)
+    kwargs = dict(part=part, beta=beta, steps=steps, eval_every=eval_every, seed=seed, loss_fn=loss_fn)
+    return _run_problems(history, _want(loss, **kwargs))
+
+
+def _run_problems(history, want: Want) -> list[RunProblem]:
     if not isinstance(history, list) or not hasattr(history, "evals"):
         found = [("not a history", f"return the History that train_preference returns (got {type(history).__name__}).")]
     elif not history:
@@ -241,21 +235,20 @@ def _sweep_figure_problems(points, loss: str, label: str) -> list[RunProblem]:
 
 
 def _print_verdict(problems: list[RunProblem], ok_line: str) -> bool:
-    lines = [f"❌ {p.message}" for p in problems] or [f"✅ {ok_line}"]
-    for line in lines:
-        print(textwrap.fill(line, width=100, break_long_words=False, break_on_hyphens=False))
+    for line in [f"❌ {p.message}" for p in problems] or [f"✅ {ok_line}"]:
+        print_wrapped(line)
     return not problems
 
 
 def check_run(history, loss: str, **kwargs) -> bool:
-    """Print ✅, or ❌ with each slip of :func:`diagnose_run`; True when the run is as expected.
+    """Print ✅, or ❌ with each slip of :func:`diagnose_run` (same arguments); True when the run is as expected.
 
     Example: ``check_run(dpo_history, "dpo", beta=BETA, steps=STEPS, loss_fn=my_dpo_loss)`` (the notebook's names).
     """
-    problems = diagnose_run(history, loss, **kwargs)
+    want = _want(loss, **kwargs)
+    problems = _run_problems(history, want)
     if problems:
         return _print_verdict(problems, "")
-    want = _want(loss, kwargs.get("part", "main"), kwargs.get("beta"), kwargs.get("steps"), None, None, None)
     logps = "averaged" if history.length_normalize else "summed"
     evals = f", {len(history.evals)} evaluations" if history.evals else ""
     figures = "held-out figures within the expected ranges" if want.figures else "figures not compared"
