@@ -31,17 +31,21 @@ from pathlib import Path
 
 import torch
 
+from .loop import evaluation, training
 from .loop.device import resolve_device
-from .loop.evaluation import EVAL_KEYS
+from .loop.scoring import context_limit
 from .maths.losses import PAIRWISE_LOSSES, loss_spec
+from .toyworld import models, sampling
 from .toyworld.data import load_pairs, load_rankings, local_path_or_hub_id, write_atomically
+from .toyworld.ipo_optimum_pairs import ipo_optimal_margins
 from .toyworld.runtime import tiny_model_threads
+from .toyworld.task import true_rewards
 
 DEFAULT_LOSSES = ("dpo", "ipo", "rrhf")
 DEFAULT_BETA = 0.5
 PROG = "python -m course_lib.compare"
 #: An evaluation with nothing measured (a run stopped before its first held-out evaluation).
-NO_EVAL = dict.fromkeys(EVAL_KEYS)
+NO_EVAL = dict.fromkeys(evaluation.EVAL_KEYS)
 
 
 class UsageError(ValueError):
@@ -227,10 +231,6 @@ class World:
 
 def _load_world(config: CompareConfig) -> World:
     """Load the model and the data; UsageError naming ``--model`` or ``--dataset`` for what cannot be read."""
-    from .loop.scoring import context_limit
-    from .toyworld import models
-    from .toyworld.task import true_rewards
-
     dtype = torch.bfloat16 if config.device.type == "cuda" and config.model is not None else None
     try:
         with models.hub_progress_bars(config.progress):
@@ -253,21 +253,12 @@ def _load_world(config: CompareConfig) -> World:
             print("rrhf skipped: it needs ranked candidate sets, which only the toy data provides", file=sys.stderr)
     toy = config.model is None and config.dataset is None
     train_pairs = train_pairs[: config.max_train_pairs] if config.max_train_pairs else train_pairs
-    return World(
-        reference,
-        tokenizer,
-        train_pairs,
-        test_pairs,
-        unique_prompts(test_pairs),
-        rankings,
-        true_rewards if toy else None,
-    )
+    reward_fn = true_rewards if toy else None
+    return World(reference, tokenizer, train_pairs, test_pairs, unique_prompts(test_pairs), rankings, reward_fn)
 
 
 def _settings(config: CompareConfig, world: World, batch_size: int, eval_batch_size: int) -> dict:
     """The trainers' keywords, with a held-out evaluation five times per run and at its end."""
-    from .loop import evaluation
-
     evaluate = evaluation.make_evaluator(
         world.reference, world.tokenizer, every=max(1, config.steps // 5), pairs=world.test_pairs,
         prompts=world.test_prompts, n_samples=config.eval_samples, seed=config.seed, reward_fn=world.reward_fn,
@@ -278,15 +269,11 @@ def _settings(config: CompareConfig, world: World, batch_size: int, eval_batch_s
 
 
 def _train_pairwise(policy, world: World, config: CompareConfig, loss: str, beta: float):
-    from .loop import training
-
     settings = _settings(config, world, config.batch_size, config.batch_size)
     return training.train_preference(policy, world.reference, world.train_pairs, loss=loss, beta=beta, **settings)
 
 
 def _train_rrhf(policy, world: World, config: CompareConfig, loss: str, beta: None):
-    from .loop import training
-
     batch_size = max(1, config.batch_size // 4)  # prompts per step, K candidates each
     rows = batch_size * len(world.rankings[0]["responses"])  # sequences per step
     return training.train_rrhf(policy, world.rankings, **_settings(config, world, batch_size, max(1, rows // 2)))
@@ -315,9 +302,6 @@ def run_label(loss: str, beta: float | None) -> str:
 
 def _final_evaluation(policy, history, world: World, config: CompareConfig) -> dict:
     """The held-out evaluation after the last step (the evaluator's, or a new one), and four samples."""
-    from .loop import evaluation
-    from .toyworld import sampling
-
     if history.evals and history.evals[-1]["step"] == len(history):
         result = dict(history.evals[-1])
     else:
@@ -339,25 +323,23 @@ def run_one(loss: str, beta: float | None, world: World, config: CompareConfig) 
     A run whose loss or gradient became non-finite is kept, with ``"failed"``; a Ctrl-C after its first
     step is kept, ``"interrupted"``, with its last held-out evaluation; one before it propagates.
     """
-    from .loop.training import TrainingDiverged
-
     policy = copy.deepcopy(world.reference).float()  # fp32 master weights; bf16 autocast computes on CUDA
     policy.requires_grad_(True)
     failed = None
     try:
         history = RANKING_METHODS.get(loss, _train_pairwise)(policy, world, config, loss, beta)
-    except TrainingDiverged as err:
+    except training.TrainingDiverged as err:
         history, failed = err.history, str(err)
         print(f"{run_label(loss, beta)} failed: {err}", file=sys.stderr)
-    interrupted, evaluation = history.interrupted, None
+    interrupted, held_out = history.interrupted, None
     if not interrupted and failed is None:
         try:
-            evaluation = _final_evaluation(policy, history, world, config)
+            held_out = _final_evaluation(policy, history, world, config)
         except KeyboardInterrupt:
             interrupted = True
-    if evaluation is None:  # stopped: its last held-out evaluation stands for it
+    if held_out is None:  # stopped: its last held-out evaluation stands for it
         last = dict(history.evals[-1]) if history.evals else {"step": None, **NO_EVAL}
-        evaluation = {"eval_step": last.pop("step"), **last}
+        held_out = {"eval_step": last.pop("step"), **last}
     run = {
         "loss": loss,
         "beta": beta,
@@ -368,7 +350,7 @@ def run_one(loss: str, beta: float | None, world: World, config: CompareConfig) 
         "interrupted": interrupted,
         "history": list(history),
         "evals": history.evals,
-        "eval": evaluation,
+        "eval": held_out,
     }
     return {**run, "failed": failed} if failed is not None else run
 
@@ -412,8 +394,6 @@ def run_comparison(config: CompareConfig, *, results: dict | None = None, on_run
 def eq11_mean_margin(pairs: list[dict], beta: float) -> float | None:
     """Mean of IPO's Eq. 11 optimum over ``pairs`` (:func:`course_lib.ipo_optimal_margins`), where IPO's margins go
     on this data set rather than Eq. 17's per-pair 1/(2 beta); None when the pairs carry no true rewards."""
-    from .toyworld.ipo_optimum_pairs import ipo_optimal_margins
-
     if not all("chosen_reward" in p and "rejected_reward" in p for p in pairs):
         return None
     return ipo_optimal_margins(pairs, beta=beta).mean().item()
