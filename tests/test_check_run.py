@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from course_lib.loop.training import History
-from course_lib.teaching.exercises import check_run, check_sweep, diagnose_run, diagnose_sweep, expected
+from course_lib.teaching.exercises import expected
+from course_lib.teaching.exercises.runs import check_run, check_sweep, diagnose_run, diagnose_sweep
 
 DPO_EVALS = {
     "preference_accuracy": [0, 0.832, 0.902, 0.918, 0.887, 0.926, 0.918],

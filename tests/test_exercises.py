@@ -10,18 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.maths.losses import dpo_loss, ipo_loss, rrhf_loss
-from course_lib.teaching.exercises import (
-    DPO_MISTAKES,
-    IPO_MISTAKES,
-    PAIRWISE_CASES,
-    RANKING_CASES,
-    RRHF_MISTAKES,
-    check_dpo_loss,
-    check_ipo_loss,
-    check_rrhf_loss,
-)
-from course_lib.teaching.exercises.pairwise import Pairs  # the views the mistake formulas read
-from course_lib.teaching.exercises.ranking import _Rankings
+from course_lib.teaching.exercises import check_dpo_loss, check_ipo_loss, check_rrhf_loss
+from course_lib.teaching.exercises.pairwise import DPO_MISTAKES, IPO_MISTAKES, PAIRWISE_CASES, Pairs
+from course_lib.teaching.exercises.ranking import RANKING_CASES, RRHF_MISTAKES, _Rankings
 
 
 def margin(pc, pr, rc, rr):
@@ -601,7 +592,8 @@ SHARPER = [
 
 @pytest.mark.parametrize("checker, fn, mistake, texts", SHARPER, ids=[f.__name__ for _, f, _, _ in SHARPER])
 def test_sharper_diagnosis(checker, fn, mistake, texts, capsys):
-    from course_lib.teaching.exercises import DPO_EXERCISE, IPO_EXERCISE, diagnose
+    from course_lib.teaching.exercises import DPO_EXERCISE, IPO_EXERCISE
+    from course_lib.teaching.exercises.engine import diagnose
 
     assert checker(fn) is False
     flat = " ".join(capsys.readouterr().out.split())

@@ -119,7 +119,7 @@ def _accuracy(above, below=None):
     return Figure("held-out accuracy", lambda point: point["preference_accuracy"], above, below)
 
 
-SWEEP = {
+SWEEP_RUNS = {
     ("dpo", 0.5): (_kl(2.5, 14.0), _accuracy(0.82)),
     ("dpo", 2.0): (_kl(1.2, 3.0), _accuracy(0.82)),
     ("dpo", 8.0): (_kl(0.8, 2.2), _accuracy(0.82)),

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from ...maths.losses import PAIRWISE_LOSSES, loss_spec
 from .engine import print_wrapped
-from .expected import MAIN_RUN, SETTINGS, SUMMED_RUN, SWEEP
+from .expected import MAIN_RUN, SETTINGS, SUMMED_RUN, SWEEP_RUNS
 
 FRESH_MARGIN = 0.02  # |h| at step 1 above this: the policy was not a fresh copy of the reference
 MOVED_MARGIN = 1e-6  # |h| at every step below this: the policy never moved
@@ -198,7 +198,7 @@ def _figure_problems(history, want: Want) -> list[tuple[str, str]]:
 def diagnose_sweep(points, loss: str, *, betas=SETTINGS.sweep_betas, steps=None, seed=None, loss_fn=None):
     """The slips in a sweep: ``my_sweep``'s list of dicts, one per beta, each with ``beta``,
     ``preference_accuracy``, ``kl``, ``kl_stderr`` and ``history`` (its run, checked with :func:`diagnose_run`).
-    The figures are compared with :data:`.expected.SWEEP` when ``betas`` and ``steps`` are the expected ones."""
+    The figures are compared with :data:`.expected.SWEEP_RUNS` when ``betas`` and ``steps`` are the expected ones."""
     label, keys = f"{loss.upper()} sweep", ("beta", "preference_accuracy", "kl", "kl_stderr", "history")
     if not isinstance(points, (list, tuple)) or not all(isinstance(p, dict) for p in points):
         return [RunProblem("sweep format", f"{label}: return a list of dicts {{{', '.join(keys)}}}, one per beta.")]
@@ -220,7 +220,7 @@ def diagnose_sweep(points, loss: str, *, betas=SETTINGS.sweep_betas, steps=None,
 def _sweep_figure_problems(points, loss: str, label: str) -> list[RunProblem]:
     problems, high = [], []
     for point in points:
-        for figure in SWEEP.get((loss, float(point["beta"])), ()):
+        for figure in SWEEP_RUNS.get((loss, float(point["beta"])), ()):
             value = float(figure.measure(point))
             if not figure.holds(value):
                 message = f"{label}: at beta = {point['beta']:g} the {figure.words} is {value:.3g}; the solution's "

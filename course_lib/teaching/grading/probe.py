@@ -17,7 +17,9 @@ import traceback
 from functools import partial
 
 from ...maths.losses import loss_spec
-from ..exercises import DPO_EXERCISE, IPO_EXERCISE, RRHF_EXERCISE, diagnose, diagnose_run, diagnose_sweep
+from ..exercises import DPO_EXERCISE, IPO_EXERCISE, RRHF_EXERCISE
+from ..exercises.engine import diagnose
+from ..exercises.runs import diagnose_run, diagnose_sweep
 
 MARKER = "COURSE_GRADE_FINDINGS "
 EXERCISES = {"dpo": DPO_EXERCISE, "ipo": IPO_EXERCISE, "rrhf": RRHF_EXERCISE}
