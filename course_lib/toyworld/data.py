@@ -338,14 +338,13 @@ def load_pairs(
     """
     if dataset is None:
         return load_preferences("train", labelling=labelling), load_preferences("test", labelling=labelling)
-    splits = _dataset_rows(dataset)
     pairs = {
-        split: [(where, _checked_pair(row, where, tokenizer, context)) for where, row in rows]
-        for split, rows in splits.items()
+        split: [_checked_pair(row, where, tokenizer, context) for where, row in rows]
+        for split, rows in _dataset_rows(dataset).items()
     }
-    train = [pair for _, pair in pairs["train"]]
+    train = pairs["train"]
     if "test" in pairs:
-        return train, [pair for _, pair in pairs["test"]]
+        return train, pairs["test"]
     n_test = max(1, len(train) // 10)  # no test split: hold the last tenth out of training
     if len(train) < 2:
         raise ValueError(f"dataset {dataset!r} has {len(train)} pair(s) and no test split: nothing to hold out")
@@ -364,15 +363,31 @@ def _dataset_rows(dataset: str) -> dict[str, list[tuple[str, dict]]]:
     loaded = load_dataset(dataset)  # a hub name: needs a network connection
     if "train" not in loaded:
         raise ValueError(f"dataset {dataset!r} has no train split (it has {sorted(loaded)})")
-    return {
-        split: [(f"{dataset} [{split}] row {i}", dict(row)) for i, row in enumerate(loaded[split])]
-        for split in ("train", "test")
-        if split in loaded
-    }
+    return {s: [(f"{dataset} [{s}] row {i}", dict(r)) for i, r in enumerate(loaded[s])] for s in SPLITS if s in loaded}
 
 
 def _checked_pair(row: dict, where: str, tokenizer=None, context: int | None = None) -> dict:
     """``standard_pair(row)``, after checking the row; ValueError naming ``where`` for anything wrong."""
+    _check_fields(row, where)
+    try:
+        pair = standard_pair(row)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{where}: cannot read the pair ({type(err).__name__}: {err})") from None
+    prompt, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
+    if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+        raise ValueError(f"{where}: the prompt is empty (no 'prompt' field, or chosen and rejected share no beginning)")
+    for field, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():
+            raise ValueError(f"{where}: the {field} response is empty")
+    if chosen.strip() == rejected.strip():
+        raise ValueError(f"{where}: chosen and rejected are the same response {chosen.strip()[:60]!r}")
+    if tokenizer is not None:
+        _check_encodes(pair, where, tokenizer, context)
+    return pair
+
+
+def _check_fields(row: dict, where: str) -> None:
+    """'chosen' and 'rejected' (and 'prompt' when given) are both strings or both lists of messages."""
     missing = [field for field in ("chosen", "rejected") if field not in row or row[field] is None]
     if missing:
         raise ValueError(
@@ -389,33 +404,23 @@ def _checked_pair(row: dict, where: str, tokenizer=None, context: int | None = N
             raise ValueError(f"{where}: {field!r} must be a string or a list of messages, got {type(value).__name__}")
     if isinstance(row["chosen"], list) != isinstance(row["rejected"], list):
         raise ValueError(f"{where}: 'chosen' and 'rejected' must both be strings or both be conversations")
+
+
+def _check_encodes(pair: dict, where: str, tokenizer, context: int | None) -> None:
+    """The pair encodes with ``tokenizer``, and prompt + each response fits ``context`` positions when given."""
     try:
-        pair = standard_pair(row)
-    except (KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{where}: cannot read the pair ({type(err).__name__}: {err})") from None
-    prompt, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
-    if not prompt or (isinstance(prompt, str) and not prompt.strip()):
-        raise ValueError(f"{where}: the prompt is empty (no 'prompt' field, or chosen and rejected share no beginning)")
-    for field, text in (("chosen", chosen), ("rejected", rejected)):
-        if not text.strip():
-            raise ValueError(f"{where}: the {field} response is empty")
-    if chosen.strip() == rejected.strip():
-        raise ValueError(f"{where}: chosen and rejected are the same response {chosen.strip()[:60]!r}")
-    if tokenizer is not None:
-        try:
-            prompt_ids = encode_prompt(tokenizer, prompt)
-            lengths = {field: len(encode_response(tokenizer, pair[field])) for field in ("chosen", "rejected")}
-        except (TypeError, ValueError) as err:
+        prompt_ids = encode_prompt(tokenizer, pair["prompt"])
+        lengths = {field: len(encode_response(tokenizer, pair[field])) for field in ("chosen", "rejected")}
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{where}: {str(err).replace('prompt 0 ', 'the prompt ').replace('response 0 ', 'the response ')}"
+        ) from None
+    for field, n in lengths.items():
+        if context is not None and len(prompt_ids) + n > context:
             raise ValueError(
-                f"{where}: {str(err).replace('prompt 0 ', 'the prompt ').replace('response 0 ', 'the response ')}"
-            ) from None
-        for field, n in lengths.items():
-            if context is not None and len(prompt_ids) + n > context:
-                raise ValueError(
-                    f"{where}: prompt + {field} is {len(prompt_ids) + n} tokens long ({len(prompt_ids)} + {n}, with "
-                    f"eos), but the model allows {context} positions; shorten or drop this pair"
-                )
-    return pair
+                f"{where}: prompt + {field} is {len(prompt_ids) + n} tokens long ({len(prompt_ids)} + {n}, with "
+                f"eos), but the model allows {context} positions; shorten or drop this pair"
+            )
 
 
 def standard_pair(row: dict) -> dict:
