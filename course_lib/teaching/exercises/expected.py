@@ -1,10 +1,6 @@
-"""The expected figures of Exercise 18.3's runs, in one place: the settings and the bounds.
-
-``check_run`` and ``check_sweep`` check a learner's runs against them, the grader scores with them, and the
-solution notebook (``notebooks/solutions/18_3_exercise.ipynb``) asserts some of them as claims. Each bound
-holds for every seed and machine (calibrated over ``COURSE_SEED`` 0-7, ``notebooks/CLAIMS.md``) for a learner
-whose losses pass the checkers and who trains as the solution does (lr 1e-3, batch 32, the settings below).
-The figures are data about the two losses the exercise compares; a loss without figures is not compared.
+"""The expected figures of Exercise 18.3's runs, in one place: the settings and the bounds, which hold for every
+seed and machine (calibrated over ``COURSE_SEED`` 0-7) for a learner whose losses pass the checkers and who trains
+as the solution does. ``check_run``, ``check_sweep``, the grader and the solution notebook read them.
 """
 
 from __future__ import annotations
@@ -15,8 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RunSettings:
-    """The settings the bounds hold for: the solution notebook's ``BETA``, ``STEPS``, ``EVAL_EVERY``,
-    ``EVAL_SAMPLES``, ``SWEEP_BETAS`` and ``SWEEP_STEPS``."""
+    """The settings the bounds hold for: the solution notebook's ``BETA``, ``STEPS``, ``EVAL_EVERY``, ...."""
 
     beta: float = 0.5  # the two main runs (exercises 3 and 4)
     steps: int = 300
@@ -111,14 +106,8 @@ SUMMED_RUN = {
 
 #: §5, the sweep: SETTINGS.sweep_steps steps per beta, measured once after training. (loss, beta) -> figures,
 #: each read off the sweep's point (a dict with "preference_accuracy" and "kl").
-def _kl(above, below):
-    return Figure("held-out KL", lambda point: point["kl"], above, below)
-
-
-def _accuracy(above, below=None):
-    return Figure("held-out accuracy", lambda point: point["preference_accuracy"], above, below)
-
-
+_kl = lambda above, below: Figure("held-out KL", lambda point: point["kl"], above, below)
+_accuracy = lambda above, below=None: Figure("held-out accuracy", lambda p: p["preference_accuracy"], above, below)
 SWEEP_RUNS = {
     ("dpo", 0.5): (_kl(2.5, 14.0), _accuracy(0.82)),
     ("dpo", 2.0): (_kl(1.2, 3.0), _accuracy(0.82)),

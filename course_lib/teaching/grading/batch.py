@@ -1,10 +1,6 @@
-"""Grade a class: every submission in its own process and kernel, then ``grades.csv``, feedback and a summary.
-
-:func:`grade_batch` runs :func:`.execute.grade_one` for each submission in a separate process (``jobs`` at a
-time, each with a hard time limit above the notebook's), scores the findings with :mod:`.rubric`, and writes
-``OUT/grades.csv`` (``submission``, the points of each automatic part, ``total``, ``status``: ok / timeout /
-error / invalid, and ``flags`` for the instructor), ``OUT/feedback/<submission>.md`` (each part's points and,
-in the checkers' words, what to fix), ``OUT/results.json`` (everything found) and ``OUT/summary.txt``.
+"""Grade a class: each submission in its own process (``jobs`` at a time, each with a hard time limit), scored
+with :mod:`.rubric`, into ``OUT/grades.csv``, ``OUT/feedback/<submission>.md``, ``OUT/results.json`` and
+``OUT/summary.txt``.
 """
 
 from __future__ import annotations
@@ -187,18 +183,10 @@ def feedback(row: dict, result: dict, *, quick: bool = False) -> str:
         else:
             figures = "figures not compared (--quick)" if quick else "figures within the expected ranges"
             lines += [f"- ❌ {m}" for m in problems] or [f"✅ Set up as expected; {figures}."]
-    lines += ["", "## For the instructor", "", *(f"- {flag}" for flag in row["flags"])] if row["flags"] else []
-    errors = [e for e in result.get("errors", []) if e.get("cell") != "grader"]
-    lines += (
-        [
-            "",
-            "## Cells that raised",
-            "",
-            *(f"- cell {e.get('cell')}: {e.get('ename')}: {e.get('evalue')}" for e in errors),
-        ]
-        if errors
-        else []
-    )
+    if row["flags"]:
+        lines += ["", "## For the instructor", "", *(f"- {flag}" for flag in row["flags"])]
+    if errors := [e for e in result.get("errors", []) if e.get("cell") != "grader"]:
+        lines += ["", "## Cells that raised", "", *(f"- cell {e['cell']}: {e['ename']}: {e['evalue']}" for e in errors)]
     return "\n".join(lines) + "\n"
 
 

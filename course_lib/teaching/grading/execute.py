@@ -1,15 +1,6 @@
-"""Run one submission in a fresh kernel, in a temporary working copy, and collect the probe's findings.
-
-``grade_one(path, ...)`` returns a JSON-able dict: ``status`` (ok / timeout / error / invalid), the cells
-that raised, the findings of :mod:`.probe`, and ``flags`` (files written next to its folder, its own copy
-deleted or overwritten). The batch runs it in a separate process per submission,
-``python -m course_lib.teaching.grading.execute NOTEBOOK RESULT.json TIMEOUT DEVICE SEED QUICK``, so that
-nothing a submission does reaches the others.
-
-The working copy: a new temporary folder per submission, ``ROOT/work/`` (the kernel's working directory,
-holding only the copy of the notebook) and ``ROOT/home/`` (``$HOME``, ``$TMPDIR`` and the caches). The
-kernel runs with no network (the Hugging Face libraries offline, proxies pointing nowhere), on the CPU
-unless a device is asked for, with one thread per kernel.
+"""Run one submission in a fresh kernel, offline, in a temporary working copy (``ROOT/work/`` holds only the
+notebook, ``ROOT/home/`` is ``$HOME``, ``$TMPDIR`` and the caches), and collect the probe's findings. The batch runs
+``python -m course_lib.teaching.grading.execute NOTEBOOK RESULT.json TIMEOUT DEVICE SEED QUICK`` per submission.
 """
 
 from __future__ import annotations

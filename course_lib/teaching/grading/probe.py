@@ -1,11 +1,5 @@
-"""What the grader runs *inside* a submission's kernel, after the notebook: the checks of its functions.
-
-:func:`check_losses` calls the checkers on the learner's ``my_dpo_loss``, ``my_ipo_loss`` and
-``my_rrhf_loss``. :func:`check_runs` checks what the learner's run functions returned: the values the
-notebook's own cells kept (``dpo_history``, ``dpo_sweep``, ``ipo_summed_history``, ...), and where a cell left
-None (it waited for another exercise) it calls the function itself (``my_train_and_measure``, ``my_sweep``,
-``my_ipo_summed``) when the loss it needs passes its checker. Each prints one line, ``MARKER`` + JSON: the
-grader reads that, never what the notebook printed.
+"""What the grader runs inside a submission's kernel, after the notebook: the checkers on the learner's functions,
+and the checks of the runs. Each prints one line, ``MARKER`` + JSON: the grader reads that, never the notebook's output.
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ EXERCISES = {"dpo": DPO_EXERCISE, "ipo": IPO_EXERCISE, "rrhf": RRHF_EXERCISE}
 
 
 def check_losses(namespace: dict) -> None:
-    """Each checker on the learner's function (``my_dpo_loss``, ``my_ipo_loss``, ``my_rrhf_loss``)."""
+    """Each checker on the learner's ``my_dpo_loss``, ``my_ipo_loss`` and ``my_rrhf_loss``."""
     found = {}
     for key, exercise in EXERCISES.items():
         fn = namespace.get(f"my_{key}_loss")
@@ -40,8 +34,8 @@ def check_losses(namespace: dict) -> None:
 
 
 def _call(fn, *args, **kwargs):
-    """Call a learner's function: (result, None) or (None, a [code, message] problem)."""
-    name = getattr(fn, "__name__", repr(fn))
+    """Call a learner's function (or a partial of one): (result, None) or (None, a [code, message] problem)."""
+    name = getattr(getattr(fn, "func", fn), "__name__", "the function")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return fn(*args, **kwargs), None
@@ -66,53 +60,30 @@ def _check(value, loss_ok: bool, make, diagnose_value) -> dict:
 
 
 def check_runs(namespace: dict, settings: dict, losses_ok: dict) -> None:
-    """Check the §3 runs, the §5 sweeps and the 7b run.
+    """Check the §3 runs, the §5 sweeps and the 7b run: the values the notebook kept (``dpo_history``, ``dpo_sweep``,
+    ``ipo_summed_history``, ...), or where it left None, what the learner's function returns when the loss passed.
 
     ``settings``: beta, steps, eval_every, sweep_betas, sweep_steps, seed (what the runs must use);
     ``losses_ok``: {"dpo": bool, "ipo": bool}, whether each loss passed its checker.
     """
     s, ns, out = settings, namespace, {}
-    train, sweep, summed = (
-        ns.get(name, _undefined(name)) for name in ("my_train_and_measure", "my_sweep", "my_ipo_summed")
-    )
+    train, sweep, summed = (ns.get(n, _undefined(n)) for n in ("my_train_and_measure", "my_sweep", "my_ipo_summed"))
+    run = dict(beta=s["beta"], steps=s["steps"], eval_every=s["eval_every"])
+    swept = dict(betas=s["sweep_betas"], steps=s["sweep_steps"])
     for key in ("dpo", "ipo"):
         fn, ok, averaged = ns.get(f"my_{key}_loss"), losses_ok.get(key, False), loss_spec(key).average_logps
-        out[f"{key}_run"] = _check(
-            ns.get(f"{key}_history"),
-            ok,
-            partial(train, fn, beta=s["beta"], length_normalize=averaged, steps=s["steps"], eval_every=s["eval_every"]),
-            partial(
-                diagnose_run,
-                loss=key,
-                beta=s["beta"],
-                steps=s["steps"],
-                eval_every=s["eval_every"],
-                seed=s["seed"],
-                loss_fn=fn,
-            ),
+        checked = dict(loss=key, seed=s["seed"], loss_fn=fn)
+        make, check = partial(train, fn, length_normalize=averaged, **run), partial(diagnose_run, **run, **checked)
+        out[f"{key}_run"] = _check(ns.get(f"{key}_history"), ok, make, check)
+        make, check = (
+            partial(sweep, fn, length_normalize=averaged, **swept),
+            partial(diagnose_sweep, **swept, **checked),
         )
-        out[f"{key}_sweep"] = _check(
-            ns.get(f"{key}_sweep"),
-            ok,
-            partial(sweep, fn, length_normalize=averaged, betas=s["sweep_betas"], steps=s["sweep_steps"]),
-            partial(
-                diagnose_sweep, loss=key, betas=s["sweep_betas"], steps=s["sweep_steps"], seed=s["seed"], loss_fn=fn
-            ),
-        )
-    out["summed_run"] = _check(
-        ns.get("ipo_summed_history"),
-        losses_ok.get("ipo", False),
-        partial(summed, steps=s["sweep_steps"]),
-        partial(
-            diagnose_run,
-            loss="ipo",
-            part="summed",
-            beta=s["beta"],
-            steps=s["sweep_steps"],
-            seed=s["seed"],
-            loss_fn=ns.get("my_ipo_loss"),
-        ),
-    )
+        out[f"{key}_sweep"] = _check(ns.get(f"{key}_sweep"), ok, make, check)
+    checked = dict(loss="ipo", part="summed", beta=s["beta"], seed=s["seed"], loss_fn=ns.get("my_ipo_loss"))
+    check = partial(diagnose_run, steps=s["sweep_steps"], **checked)
+    ok = losses_ok.get("ipo", False)
+    out["summed_run"] = _check(ns.get("ipo_summed_history"), ok, partial(summed, steps=s["sweep_steps"]), check)
     print(MARKER + json.dumps({"runs": out}, default=str))
 
 

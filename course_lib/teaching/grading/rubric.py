@@ -1,9 +1,5 @@
 """Exercise 18.3's rubric: the points of every part, in one place, and how the grader's findings score.
-
-The grader (``python -m course_lib.grade``) scores the parts marked ``auto`` from what it checked in the
-learner's kernel (:mod:`.probe`); the others are graded by hand. ``rubric_table()`` writes the table that
-``notebooks/INSTRUCTORS.md`` shows between the markers ``<!-- rubric: begin -->`` and ``<!-- rubric: end -->``
-(``python -m course_lib.grade --write-rubric notebooks/INSTRUCTORS.md`` rewrites it).
+``python -m course_lib.grade --write-rubric notebooks/INSTRUCTORS.md`` writes its table between the markers.
 """
 
 from __future__ import annotations
