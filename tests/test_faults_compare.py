@@ -22,7 +22,7 @@ import torch
 from course_lib import compare
 from course_lib.loop import training
 from course_lib.maths.losses import PAIRWISE_LOSSES, dpo_loss
-from course_lib.toyworld.data import local_path_or_hub_id
+from course_lib.toyworld.data import load_pairs, local_path_or_hub_id
 from course_lib.toyworld.models import load_model_and_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,7 +210,7 @@ def test_empty_files_files_not_in_utf8_and_too_few_pairs(dataset):
     code, _, stderr = _main(_args(dataset))
     assert code == 2 and "test.jsonl, line 2: not UTF-8" in stderr
     (dataset / "test.jsonl").unlink()
-    train, test = compare.load_pairs(str(dataset), "deterministic")
+    train, test = load_pairs(str(dataset), "deterministic")
     assert (len(train), len(test)) == (15, 1)  # no test split: the last tenth is held out
     _write_rows(dataset / "train.jsonl", [PAIR])
     code, _, stderr = _main(_args(dataset))
