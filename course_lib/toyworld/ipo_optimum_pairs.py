@@ -28,8 +28,10 @@ def ipo_optimal_margins(pairs: list[dict], *, beta: float, population: list[dict
     p*(y > mu) is y's win rate against every response to the same prompt in ``population`` (default:
     ``pairs`` itself), chosen and rejected alike, with deterministic labels: the higher true reward wins
     and a tie (a response with itself included) counts one half. The sign follows each record's
-    chosen/rejected order. This is where IPO's *population* loss puts each margin, between -1/tau and
-    1/tau; Eq. 17's per-pair target 1/(2 tau) is reached only in the two-action case.
+    chosen/rejected order. This is where IPO's *population* loss (Eq. 13) puts each margin, between -1/tau
+    and 1/tau. Eq. 17's per-pair target 1/(2 tau) is where it lands wherever the two win rates differ by 1/2
+    (two actions, for one); a policy that minimises the *sampled* loss on a comparison graph with no cycle
+    (a forest) puts every one of its pairs at 1/(2 tau).
 
     Args:
         pairs: dicts with "prompt", "chosen_reward" and "rejected_reward" (as ``load_preferences`` gives).
