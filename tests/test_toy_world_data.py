@@ -228,3 +228,19 @@ def test_small_build_is_bit_for_bit_reproducible(tmp_path):
     loaded = D.load_preferences("test", labelling="bradley_terry", data_dir=tmp_path / "a")
     assert len(loaded) == stats[0]["sizes"]["pref_test"]
     assert f"{stats[0]['sizes']['pref_train']} |" in (tmp_path / "a" / "README.md").read_text()
+
+
+def test_the_reference_recipe_warms_up_decays_and_reaches_train_sft(ref):
+    """The build's recipe (data/README.md: AdamW, warm-up, cosine to a tenth, clipping) is what train_sft runs:
+    a schedule of 0 leaves the weights as they were, the build's schedule changes them."""
+    from course_lib.loop.training import train_sft
+    from course_lib.toyworld.build import REFERENCE_RECIPE, warmup_cosine
+
+    assert [round(warmup_cosine(s, 400), 4) for s in (0, 39, 399)] == [0.025, 0.9791, 0.1]
+    corpus, (model, tokenizer) = D.load_sft_corpus()[:8], ref
+    for schedule, moves in ((lambda step, steps: 0.0, False), (warmup_cosine, True)):
+        policy = load_model_and_tokenizer(DATA / "reference_model")[0]
+        settings = {**REFERENCE_RECIPE, "lr_schedule": schedule}
+        train_sft(policy, corpus, steps=2, batch_size=4, device="cpu", tokenizer=tokenizer, progress=False, **settings)
+        same = all(torch.equal(a, b) for a, b in zip(policy.parameters(), model.parameters()))
+        assert same != moves
