@@ -14,13 +14,19 @@ from course_lib.teaching.widgets.bandit_tau import (
     plot_bandit_grid,
 )
 from course_lib.teaching.widgets.margin_loss import (
+    MarginLossFigure,
     build_margin_widget,
     margin_losses_state,
     margin_readout_text,
-    plot_margin_losses,
     push_stops_at,
 )
 from course_lib.toyworld.bandit import D1, load_d1_sweep
+
+
+def plot_margin_losses(state):
+    figure = MarginLossFigure(state)
+    figure.update(state)
+    return figure.static()
 
 
 def sigmoid(z):

@@ -1,8 +1,5 @@
-"""What every explorer shares: a blitting figure rendered to PNG, the slider wiring, and a text table.
-
-The figure is drawn once on matplotlib's Agg canvas and cached; a redraw draws only the moving (animated) artists
-over it and encodes PNG, so it takes well under 100 ms on a CPU and works the same in JupyterLab, a static viewer
-and a test. An explorer is a pure ``compute() -> state`` plus this wiring.
+"""What every explorer shares: a blitting figure rendered to PNG (well under 100 ms a redraw on a CPU, the same in
+JupyterLab, a static viewer and a test), the slider wiring, and a text table.
 """
 
 from __future__ import annotations
@@ -13,11 +10,8 @@ import time
 
 
 class BlitFigure:
-    """A ``matplotlib.figure.Figure`` (``self.fig``) on an Agg canvas, with blitted redraws.
-
-    Subclasses build their axes and artists, then call :meth:`freeze` with the artists that move (again
-    whenever an axis limit changes); :meth:`png` renders the current state, :meth:`static` returns the figure.
-    """
+    """A ``matplotlib.figure.Figure`` (``self.fig``) on an Agg canvas: subclasses build their artists, then call
+    :meth:`freeze` with those that move; :meth:`png` renders the current state."""
 
     def __init__(self, *, figsize, dpi: int = 80):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -79,12 +73,9 @@ def sliders(kind: str, name: str, values, **options) -> list:
 
 
 def explorer(rows: list, controls: list, compute, figure: BlitFigure, readout_text, **attributes):
-    """An ``ipywidgets.VBox``: ``rows`` of controls, the figure's PNG and a text readout, redrawn on every control.
-
-    ``compute()`` returns the state from the controls' values; ``figure.update(state)`` and ``readout_text(state)``
-    (an HTML widget's ``<pre>``) show it. The box keeps ``attributes``, ``state``, ``image``, ``readout``,
-    ``figure`` and ``redraw_ms`` (the latest redraw: compute, readout and figure).
-    """
+    """An ``ipywidgets.VBox``: ``rows`` of controls, the figure's PNG and ``readout_text(state)``, redrawn whenever
+    a control changes from ``state = compute()``. The box keeps ``attributes``, ``state``, ``image``, ``readout``,
+    ``figure`` and ``redraw_ms`` (the latest redraw)."""
     import ipywidgets as widgets
 
     image, readout = widgets.Image(format="png"), widgets.HTML()

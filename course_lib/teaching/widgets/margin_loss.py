@@ -1,10 +1,7 @@
-"""The margin explorer (notebook 18.2): every pairwise loss of the registry against its margin h, in its own units.
-
-``h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]`` (policy log-probs alone for a
-reference-free loss). The losses, and whether each sees summed or averaged log-probs, come from
-:data:`course_lib.maths.losses.PAIRWISE_LOSSES`; a loss whose function takes ``offset`` or ``label_smoothing`` is
-also drawn with the offset m or flip rate eps. Summed and averaged h are not comparable, so each unit has its own
-row, h and beta (tau). Values and gradients dL/dh come from the library's losses and autograd in float64.
+"""The margin explorer (notebook 18.2): every pairwise loss of the registry against its margin
+``h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]``, in the units it sees (summed or averaged
+log-probs: ``spec.average_logps``), each unit with its own row, h and beta. Values and dL/dh come from the library's
+losses and autograd in float64.
 """
 
 from __future__ import annotations
@@ -86,22 +83,16 @@ def push_stops_at(spec, *, beta: float, h_range=H_RANGES["summed"], n_grid: int 
     low, high = float(grid[k - 1]), float(grid[k])
     for _ in range(40):
         mid = 0.5 * (low + high)
-        if _grad(spec, torch.tensor([mid], dtype=torch.float64), beta, options)[1].item() >= 0:
-            high = mid
-        else:
-            low = mid
+        stopped = _grad(spec, torch.tensor([mid], dtype=torch.float64), beta, options)[1].item() >= 0
+        low, high = (low, mid) if stopped else (mid, high)
     return high
 
 
-def _variants(name: str, spec: LossSpec, offset: float, label_smoothing: float) -> dict[str, dict]:
+def _variants(spec: LossSpec, offset: float, label_smoothing: float) -> dict[str, dict]:
     """The drawn settings of one loss: plain, and with each of offset / label_smoothing that its function takes."""
     keywords = inspect.signature(spec.fn).parameters
-    variants = {name: {}}
-    if "offset" in keywords:
-        variants[f"{name}, offset m"] = {"offset": offset}
-    if "label_smoothing" in keywords:
-        variants[f"{name}, flip rate eps"] = {"label_smoothing": label_smoothing}
-    return variants
+    options = {"offset m": ("offset", offset), "flip rate eps": ("label_smoothing", label_smoothing)}
+    return {spec.name: {}} | {f"{spec.name}, {k}": {n: v} for k, (n, v) in options.items() if n in keywords}
 
 
 def margin_losses_state(
@@ -124,10 +115,9 @@ def margin_losses_state(
         if at != at:
             raise ValueError(f"h[{units!r}] must be a number, got nan")
         grid = torch.linspace(*H_RANGES[units], n_grid, dtype=torch.float64)
-        for label, options in _variants(spec.name, spec, offset, label_smoothing).items():
-            values, grads = _grad(
-                spec, torch.cat([torch.tensor([at], dtype=torch.float64), grid]), beta[units], options
-            )
+        points = torch.cat([torch.tensor([at], dtype=torch.float64), grid])  # (1 + n_grid,): h, then the grid
+        for label, options in _variants(spec, offset, label_smoothing).items():
+            values, grads = _grad(spec, points, beta[units], options)
             stops = push_stops_at(spec, beta=beta[units], h_range=H_RANGES[units], **options)
             curves[label] = LossCurve(
                 label, units, float(beta[units]), at, values[0].item(), grads[0].item(),
@@ -136,23 +126,19 @@ def margin_losses_state(
     return MarginLossState(dict(h), dict(beta), float(offset), float(label_smoothing), curves)
 
 
-def _rows(state: MarginLossState) -> list[list]:
-    return [
-        [c.label, c.units, f"{c.beta:.3g}", f"{c.value:.3f}", f"{c.grad:+.3f}", c.push]
-        + ["never (in range)" if c.stops_at is None else f"{c.stops_at:.3f}"]
-        for c in state.curves.values()
-    ]
-
-
 HEADER = ["loss", "log-probs", "beta", "L", "dL/dh", "at this h", "stops pushing h up at"]
 
 
 def margin_readout_text(state: MarginLossState) -> str:
     """Each loss's units, beta, value, gradient and where it stops pushing, then the units warning."""
     settings = ", ".join(f"h {u} = {state.h[u]:+.2f}" for u in UNITS if u in state.h)
-    return f"{settings}; m = {state.offset:g}, eps = {state.label_smoothing:g}\n" + "\n".join(
-        [text_table(HEADER, _rows(state)), NOT_COMPARABLE]
-    )
+    rows = [
+        [c.label, c.units, f"{c.beta:.3g}", f"{c.value:.3f}", f"{c.grad:+.3f}", c.push]
+        + ["never (in range)" if c.stops_at is None else f"{c.stops_at:.3f}"]
+        for c in state.curves.values()
+    ]
+    settings += f"; m = {state.offset:g}, eps = {state.label_smoothing:g}"
+    return "\n".join([settings, text_table(HEADER, rows), NOT_COMPARABLE])
 
 
 class MarginLossFigure(BlitFigure):
@@ -200,13 +186,6 @@ class MarginLossFigure(BlitFigure):
             stop.set_xdata([c.stops_at or 0.0] * 2)
         for unit, (_, ax_grad) in self.axes.items():
             self.fit_ylim(ax_grad, max(max(map(abs, c.grads)) for c in state.curves.values() if c.units == unit))
-
-
-def plot_margin_losses(state: MarginLossState):
-    """A static figure of one state of the margin explorer; returns the matplotlib Figure."""
-    figure = MarginLossFigure(state)
-    figure.update(state)
-    return figure.static()
 
 
 def build_margin_widget(
