@@ -1,17 +1,9 @@
-"""Claims about figures that come out of a training run or a sampler: asserted with a tolerance.
+"""Claims about figures that come out of a training run or a sampler, asserted as bounds that must hold on every
+machine and for every seed: ``claim("DPO's margin keeps growing", late / early, above=1.4)``.
 
-A number a run produces depends on the machine's floating-point rounding (CPU model, thread count, GPU)
-and on the seed (``COURSE_SEED``), so the notebooks never compare it digit for digit. They state the claim
-it supports as a bound, ``claim("DPO's margin keeps growing", late / early, above=1.4)``, which must hold on
-every machine and for every seed. ``scripts/calibrate_claims.py`` (``make calibrate``) measures each claim's
-figure over at least ``MIN_DRAWS`` draws (seeds under two roundings) and writes to ``notebooks/CLAIMS.md``
-its mean, standard deviation, range and ``claim_z``. The rule a claim must meet: ``z >= Z_MIN`` and a bound
-outside the observed range (``tests/test_claims_calibrated.py``). If the figure were normal, z >= 4 leaves a
-chance of 3e-5 that one more draw (another machine, another seed) breaks the bound.
-
-With ``$COURSE_CLAIMS_LOG`` set, every claim appends one JSON line to that file (statement, value, bounds,
-margin); with ``$COURSE_CLAIMS_CALIBRATE=1`` too, a claim that fails is recorded and does not raise, so
-that one calibration pass sees every claim.
+With ``$COURSE_CLAIMS_LOG`` set, every claim appends one JSON line to that file (statement, value, bounds, margin);
+with ``$COURSE_CLAIMS_CALIBRATE=1`` too, a claim that fails is recorded and does not raise, so that one calibration
+pass (``make calibrate``, which writes ``notebooks/CLAIMS.md``) sees every claim.
 """
 
 from __future__ import annotations
@@ -36,16 +28,10 @@ class ClaimError(AssertionError):
 
 
 def claim_margin(value: float, *, above: float | None = None, below: float | None = None) -> float:
-    """How far ``value`` lies inside ``(above, below)``: ``min(value - above, below - value)``.
-
-    Negative when the claim fails; ``inf`` when neither bound is given (which ``claim`` refuses).
-    """
-    margins = []
-    if above is not None:
-        margins.append(value - above)
-    if below is not None:
-        margins.append(below - value)
-    return min(margins) if margins else math.inf
+    """How far ``value`` lies inside ``(above, below)``: ``min(value - above, below - value)``; negative when the
+    claim fails, ``inf`` when neither bound is given (which ``claim`` refuses)."""
+    margins = ([value - above] if above is not None else []) + ([below - value] if below is not None else [])
+    return min(margins, default=math.inf)
 
 
 def _per_value(bound: float | Sequence[float], count: int, name: str) -> list[float]:
@@ -91,10 +77,7 @@ def claim_z(
     zs = []
     for distances in sides:
         mean, spread = statistics.fmean(distances), statistics.stdev(distances)
-        if spread > 0:
-            zs.append(mean / spread)
-        else:
-            zs.append(math.inf if mean > 0 else -math.inf)
+        zs.append(mean / spread if spread > 0 else (math.inf if mean > 0 else -math.inf))
     return min(zs)
 
 
@@ -128,23 +111,10 @@ def claim(statement: str, value, *, above: float | None = None, below: float | N
     held = margin > 0
     log = os.environ.get(LOG_VARIABLE)
     if log:
-        record = {
-            "statement": statement,
-            "value": number,
-            "above": above_f,
-            "below": below_f,
-            "margin": margin,
-            "held": held,
-        }
+        record = dict(statement=statement, value=number, above=above_f, below=below_f, margin=margin, held=held)
         with open(log, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
     if not held and not (log and os.environ.get(CALIBRATE_VARIABLE) == "1"):
-        bounds = " and ".join(
-            text
-            for text in (
-                f"above {above_f:g}" if above_f is not None else "",
-                f"below {below_f:g}" if below_f is not None else "",
-            )
-            if text
-        )
+        bounds = [f"above {above_f:g}"] if above_f is not None else []
+        bounds = " and ".join(bounds + ([f"below {below_f:g}"] if below_f is not None else []))
         raise ClaimError(f"claim failed: {statement}: the figure is {number:.6g}, expected {bounds}")
