@@ -1,6 +1,6 @@
 """Rebuilds every toy-world artefact deterministically from one seed (the CLI is ``course_lib.build_data``).
 
-    python -m course_lib.build_data [--out DIR] [--seed 0] [--small]
+    python -m course_lib.build_data [--out DIR] [--seed 0] [--small] [--force]
 
 Steps: (1) an SFT corpus of synthetic reviews from a small grammar, (2) the
 word-level tokenizer, (3) the reference GPT-2 trained on that corpus,

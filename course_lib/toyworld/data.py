@@ -12,7 +12,8 @@ Layout of a data folder (``data/`` by default, or ``$COURSE_DATA_DIR``)::
 
 The manifest lists every file, and the default loaders verify what they read against it
 (``load_preferences``, ``load_rankings``, ``load_sft_corpus``, ``models.load_model_and_tokenizer``,
-``bandit.load_d1_sweep``).
+``bandit.load_d1_sweep``). ``load_pairs`` reads any preference data set in TRL's format (a local folder
+or a hub name), row by row, checked, through the same record reader.
 
 Continuations (``completion``, ``chosen``, ``rejected``, ``responses``) start with one space, as in TRL's
 documented format, because TRL joins ``prompt + chosen`` as strings before tokenizing. Our own code splits
