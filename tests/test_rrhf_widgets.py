@@ -11,11 +11,18 @@ from course_lib.teaching.widgets.rank_loss import (
     DEFAULT_LENGTHS,
     DEFAULT_REWARDS,
     DEFAULT_SCORES,
+    RankLossFigure,
     build_rank_loss_widget,
     pairs_table_text,
-    plot_rank_state,
     rank_loss_state,
 )
+
+
+def plot_rank_state(state):
+    figure = RankLossFigure(len(state.scores))
+    figure.update(state)
+    return figure.static()
+
 
 CASES = [
     (DEFAULT_SCORES, DEFAULT_REWARDS, DEFAULT_LENGTHS, 1.0),

@@ -1,9 +1,4 @@
-"""The bandit explorer (notebook 18.2): the IPO paper's D1 experiment (Sec. 5.4) at one tau, from the stored sweep.
-
-:func:`bandit_tau_state` summarises :func:`course_lib.toyworld.bandit.load_d1_sweep` at one tau: each loss's
-action probabilities over steps (mean and 95% interval over seeds, from step 0, where the policy is the
-reference), the exact KL (:mod:`course_lib.maths.bandit`) and IPO's closed-form optimum at that tau.
-"""
+"""The bandit explorer (notebook 18.2): the IPO paper's D1 experiment (Sec. 5.4) at one tau, from the stored sweep."""
 
 from __future__ import annotations
 
@@ -34,10 +29,8 @@ class BanditTauState:
 
 
 def bandit_tau_state(sweep: dict, beta: float) -> BanditTauState:
-    """The stored D1 sweep at one of its taus; the interval is mean +- 1.96 standard errors over seeds.
-
-    Raises ValueError if ``beta`` is not one of the sweep's taus.
-    """
+    """The stored D1 sweep (``load_d1_sweep``) at one of its taus, from step 0 (the reference): each loss's action
+    probabilities, mean +- 1.96 standard errors over seeds, its exact KL, and IPO's closed-form optimum."""
     betas = [float(b) for b in sweep["betas"]]
     matches = [i for i, b in enumerate(betas) if abs(b - float(beta)) < 1e-9]
     if not matches:
@@ -60,9 +53,7 @@ def bandit_tau_state(sweep: dict, beta: float) -> BanditTauState:
 
 def bandit_readout_text(state: BanditTauState) -> str:
     """Each loss's final mean probabilities and KL, and IPO's optimum, as plain text."""
-
-    def fmt(p):
-        return "(" + ", ".join(f"{x:.3f}" for x in p.tolist()) + ")"
+    fmt = lambda p: "(" + ", ".join(f"{x:.3f}" for x in p.tolist()) + ")"
 
     lines = [f"tau = {state.beta:g}, after {int(state.steps[-1])} steps (mean over seeds):"]
     for loss, final in state.final.items():
@@ -105,18 +96,12 @@ class BanditTauFigure(BlitFigure):
 
 
 def build_bandit_widget(sweep: dict, *, beta: float | None = None):
-    """The bandit explorer: a tau slider over the sweep's taus, the curves and a readout.
-
-    Returns an ``ipywidgets.VBox`` with ``beta_slider`` (a SelectionSlider), ``readout``, ``image``, ``state``
-    and ``redraw_ms``.
-    """
+    """The bandit explorer: a tau slider (``beta_slider``) over the sweep's taus, the curves and a readout."""
     betas = [float(b) for b in sweep["betas"]]
     value = betas[0] if beta is None else float(beta)
     beta_slider = slider("SelectionSlider", "tau", value, options=[(f"{b:g}", b) for b in betas])
 
-    def compute():
-        return bandit_tau_state(sweep, beta_slider.value)
-
+    compute = lambda: bandit_tau_state(sweep, beta_slider.value)
     return explorer(
         [beta_slider], [beta_slider], compute, BanditTauFigure(), bandit_readout_text, beta_slider=beta_slider
     )

@@ -1,10 +1,5 @@
-"""The rank-loss explorer (notebook 18.1): RRHF on one prompt with K candidates (Yuan et al. 2023).
-
-The learner moves each candidate's score ``p_i`` (length-normalised log-prob, Eq. 1), reward and length
-``|y_i|``, and the SFT weight lambda. :func:`rank_loss_state` returns every pair (which add ``max(0, p_i - p_j)``,
-Eq. 2), both terms of ``L = L_rank + lambda L_ft`` (Eq. 5) and the gradient on each summed log-prob
-``logp_i = |y_i| p_i``: L_rank's is its push on p_i divided by the length, the SFT term's is -lambda on the best.
-From :func:`course_lib.maths.losses.rrhf_loss_terms` and autograd in float64.
+"""The rank-loss explorer (notebook 18.1): RRHF (Yuan et al. 2023) on one prompt with K candidates, each with a
+score p_i, a reward and a length, and the SFT weight lambda; from ``rrhf_loss_terms`` and autograd in float64.
 """
 
 from __future__ import annotations
@@ -84,16 +79,9 @@ def _pair(a: int, b: int, scores, rewards) -> PairRow:
 
 
 def rank_loss_state(candidate_scores, candidate_rewards, candidate_lengths=DEFAULT_LENGTHS, *, sft_weight=1.0):
-    """RRHF on one prompt: ``L = sum_{r_i < r_j} max(0, p_i - p_j) + sft_weight * (-logp_best)`` (Eqs. 2-5).
-
-    Args:
-        candidate_scores: K numbers, the scores ``p_i``; the summed log-probs are ``logp_i = p_i |y_i|``.
-        candidate_rewards: K numbers; only their order matters, ties never count.
-        candidate_lengths: K token counts ``|y_i|`` > 0.
-        sft_weight: lambda >= 0, the SFT term's weight (the paper's Eq. 5 uses 1).
-    Returns:
-        A :class:`RankLossState`.
-    """
+    """RRHF on one prompt: ``L = sum_{r_i < r_j} max(0, p_i - p_j) + sft_weight * (-logp_best)`` (Eqs. 2-5), with
+    K scores ``p_i`` (the summed log-probs are ``logp_i = p_i |y_i|``), K rewards (only their order matters; ties never
+    count), K lengths ``|y_i|`` > 0 and lambda = ``sft_weight`` >= 0. Returns a :class:`RankLossState`."""
     scores = _floats("candidate_scores", candidate_scores)
     k = len(scores)
     if k < 2:
@@ -122,37 +110,27 @@ def _name(i: int, state: RankLossState | None = None) -> str:
     return f"y{i + 1}" + (" (best)" if state is not None and i == state.best else "")
 
 
-def _pair_rows(state: RankLossState) -> list[list]:
-    return [
-        [f"{_name(r.worse)} {'=' if r.status == 'tie' else '<'} {_name(r.better)}", f"{r.gap:+.2f}", f"{r.hinge:.2f}"]
-        + [r.status]
-        for r in state.pairs
-    ]
-
-
-def _candidate_rows(state: RankLossState) -> list[list]:
-    numbers = zip(state.rewards, state.scores, state.lengths, state.logps, state.grad_rank, state.grad_sft)
-    return [
-        [_name(i, state), f"{r:g}", f"{p:+.2f}", f"{n:g}", f"{logp:+.2f}", f"{g_rank:+.3f}", f"{g_sft:+.3f}"]
-        for i, (r, p, n, logp, g_rank, g_sft) in enumerate(numbers)
-    ]
-
-
 PAIR_HEADER = ["pair (worse, better)", "p_i - p_j", "max(0, p_i - p_j)", "status"]
 CANDIDATE_HEADER = ["candidate", "reward", "p_i", "|y_i|", "logp_i", "dL_rank/dlogp", "lambda dL_ft/dlogp"]
 
 
-def _summary(state: RankLossState) -> str:
-    return (
+def pairs_table_text(state: RankLossState) -> str:
+    """The pair table (violated pairs first), the loss, and each candidate's gradients."""
+    pairs = [
+        [f"{_name(r.worse)} {'=' if r.status == 'tie' else '<'} {_name(r.better)}", f"{r.gap:+.2f}", f"{r.hinge:.2f}"]
+        + [r.status]
+        for r in state.pairs
+    ]
+    numbers = zip(state.rewards, state.scores, state.lengths, state.logps, state.grad_rank, state.grad_sft)
+    candidates = [
+        [_name(i, state), f"{r:g}", f"{p:+.2f}", f"{n:g}", f"{logp:+.2f}", f"{g_rank:+.3f}", f"{g_sft:+.3f}"]
+        for i, (r, p, n, logp, g_rank, g_sft) in enumerate(numbers)
+    ]
+    summary = (
         f"L_rank = {state.rank_loss:.2f} from {state.n_violated} violated pair(s); L_ft = {state.sft_loss:.2f} "
         f"(on {_name(state.best)}); L = L_rank + {state.sft_weight:g} L_ft = {state.loss:.2f}"
     )
-
-
-def pairs_table_text(state: RankLossState) -> str:
-    """The pair table (violated pairs first), the loss, and each candidate's gradients."""
-    pairs, candidates = text_table(PAIR_HEADER, _pair_rows(state)), text_table(CANDIDATE_HEADER, _candidate_rows(state))
-    return "\n".join([pairs, _summary(state), candidates])
+    return "\n".join([text_table(PAIR_HEADER, pairs), summary, text_table(CANDIDATE_HEADER, candidates)])
 
 
 class RankLossFigure(BlitFigure):
@@ -199,13 +177,6 @@ class RankLossFigure(BlitFigure):
             self.sft_bars[i].set_y(-state.grad_rank[i])
             self.sft_bars[i].set_height(-state.grad_sft[i])
         self.fit_ylim(self.ax_push, max(abs(a) + abs(b) for a, b in zip(state.grad_rank, state.grad_sft)))
-
-
-def plot_rank_state(state: RankLossState):
-    """One state of the explorer as a static figure (see :class:`RankLossFigure`); returns the Figure."""
-    figure = RankLossFigure(len(state.scores))
-    figure.update(state)
-    return figure.static()
 
 
 def build_rank_loss_widget(scores=DEFAULT_SCORES, rewards=DEFAULT_REWARDS, lengths=DEFAULT_LENGTHS, *, sft_weight=1.0):
