@@ -1,7 +1,6 @@
-"""Plots of training runs: metrics over steps, reward against KL, and the reward-KL frontier of a sweep.
-
-Every number comes from a history or an evaluation. A curve's x is the number of updates done when the value was
-measured: a step's batch values before its update (step s at s - 1), evaluations after it; so curves start at 0.
+"""Plots of training runs: metrics over steps, reward against KL, and the reward-KL frontier of a sweep. A curve's x
+is the number of updates done when the value was measured (a step's batch values before its update, step s at s - 1;
+evaluations after it), so curves start at 0.
 """
 
 from __future__ import annotations
@@ -12,14 +11,6 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..maths.losses import PAIRWISE_LOSSES
-
-
-def plain_log_x(ax) -> None:
-    """A log x axis with plain tick labels at 1, 2 and 5 times each power of ten (0.5, 1, 2, 5, 10 ...)."""
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def run_label(run: dict) -> str:
@@ -79,16 +70,9 @@ def pareto_front(points: list[dict]) -> list[dict]:
 
 
 def plot_reward_kl_frontier(points: list[dict], *, ax=None, title=None, log_kl=False, reference_reward=None):
-    """True reward against KL(policy || reference): one marker per run, with standard errors, and per method a
-    line through its Pareto front (:func:`pareto_front`), never a line through runs in the order of a knob.
-
-    Args:
-        points: dicts with ``method`` (a colour each), ``label`` (the setting, written beside the point),
-            ``kl``, ``kl_stderr``, ``reward``, ``reward_stderr``.
-        log_kl: a log scale for the KL with plain tick labels. reference_reward: a dotted line, if given.
-    Returns:
-        the axes.
-    """
+    """True reward against KL(policy || reference): one marker per run (``points``: dicts with ``method``, ``label``,
+    ``kl``, ``kl_stderr``, ``reward``, ``reward_stderr``), and per method a line through its Pareto front, never a
+    line through runs in the order of a knob. ``log_kl``: a log KL axis with plain tick labels; returns the axes."""
     ax = ax or plt.subplots(figsize=(6, 4))[1]
     for i, method in enumerate(dict.fromkeys(p["method"] for p in points)):
         runs = [p for p in points if p["method"] == method]
@@ -105,8 +89,11 @@ def plot_reward_kl_frontier(points: list[dict], *, ax=None, title=None, log_kl=F
     ax.plot([], [], color="0.4", lw=1, label="line: a method's runs no other of its runs beats on both")
     if reference_reward is not None:
         ax.axhline(reference_reward, color="0.5", ls=":", lw=1, label="reference")
-    if log_kl:
-        plain_log_x(ax)
+    if log_kl:  # plain tick labels at 1, 2 and 5 times each power of ten (0.5, 1, 2, 5, 10 ...)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     if title:
         ax.set_title(title)
     return _finish(ax, "KL(policy || reference), nats", "true reward of samples")
@@ -126,10 +113,8 @@ def _margin_targets(runs: list[dict]) -> dict:
 
 
 def plot_comparison(results: dict, out: Path) -> list[str]:
-    """Write margin_and_kl.png and reward_vs_kl.png for ``compare``; returns the file names.
-
-    Margins are drawn in the units each loss sees (summed or averaged log-probs), one panel per unit.
-    """
+    """Write margin_and_kl.png (margins in the units each loss sees, a panel per unit) and reward_vs_kl.png for
+    ``compare``; returns the file names."""
     runs = results["runs"]
     by_units = {}
     for run in runs:
@@ -142,12 +127,11 @@ def plot_comparison(results: dict, out: Path) -> list[str]:
             group, "margin", ax=ax, ylabel=f"mean margin h, {units} log-probs", target_lines=_margin_targets(group)
         )
     plot_eval_over_steps(runs, "kl", ax=axes[0][-1], ylabel="KL from reference (nats)")
-    fig.tight_layout()
-    fig.savefig(out / "margin_and_kl.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    reward_fig, ax = plt.subplots(figsize=(5, 3.5))
     plot_reward_vs_kl(runs, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out / "reward_vs_kl.png", dpi=100)
-    plt.close(fig)
-    return ["margin_and_kl.png", "reward_vs_kl.png"]
+    names = ["margin_and_kl.png", "reward_vs_kl.png"]
+    for figure, name in zip((fig, reward_fig), names):
+        figure.tight_layout()
+        figure.savefig(out / name, dpi=100)
+        plt.close(figure)
+    return names
