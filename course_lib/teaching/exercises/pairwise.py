@@ -1,11 +1,6 @@
-"""The pairwise exercises (DPO and IPO): the prepared cases and the catalogues of known mistakes.
-
-:func:`pairwise_exercise` builds the checker's :class:`~.engine.Exercise` for any loss of the registry
-(:data:`course_lib.maths.losses.PAIRWISE_LOSSES`); a loss with a catalogue below also gets its known
-mistakes. Each :class:`~.engine.Mistake` is a formula of the inputs (read through :class:`Pairs`, in
-float64) and what to tell the learner; the engine reports the first one, in order, that reproduces the
-learner's numbers on every case. The cases never use ``beta = 1``, where several mistakes equal the right
-formula; two mistakes that agree on every case cannot be told apart, so each message names both.
+"""The pairwise exercises: the prepared cases, and the catalogues of known mistakes of DPO and IPO (formulas of
+:class:`Pairs`, in float64; the engine reports the first that reproduces every result). The cases avoid beta = 1,
+where several mistakes equal the right formula; mistakes that agree on every case are named in one message.
 """
 
 import torch

@@ -1,8 +1,5 @@
-"""The RRHF exercise: the prepared rankings and the catalogue of known mistakes.
-
-Each :class:`~.engine.Mistake` is a formula of the inputs (read through :class:`_Rankings`, in float64)
-and what to tell the learner; the engine reports the first one, in order, that reproduces the learner's
-numbers on every case.
+"""The RRHF exercise: the prepared rankings and the catalogue of known mistakes (formulas of :class:`_Rankings`,
+in float64; the engine reports the first that reproduces every result).
 """
 
 import torch
