@@ -209,13 +209,8 @@ def build_margin_widget(
     eps_slider = slider("FloatSlider", "flip rate eps", label_smoothing, min=0.0, max=0.45, step=0.01)
 
     def compute():
-        return margin_losses_state(
-            {u: s.value for u, s in h_sliders.items()},
-            {u: s.value for u, s in beta_sliders.items()},
-            offset=offset_slider.value,
-            label_smoothing=eps_slider.value,
-            losses=losses,
-        )
+        h, beta = ({u: s.value for u, s in group.items()} for group in (h_sliders, beta_sliders))
+        return margin_losses_state(h, beta, offset=offset_slider.value, label_smoothing=eps_slider.value, losses=losses)
 
     columns = [widgets.VBox([beta_sliders[u], h_sliders[u]]) for u in UNITS]
     controls = [widgets.HBox([*columns, widgets.VBox([offset_slider, eps_slider])])]
