@@ -33,6 +33,7 @@ import pytest
 import torch
 
 from course_lib import compare
+from course_lib.toyworld import data
 from course_lib.toyworld.batching import decode_response, encode_prompt, encode_prompt_response, is_word_level
 from course_lib.toyworld.sampling import sample_responses
 
@@ -344,13 +345,13 @@ def test_without_a_test_split_the_evaluation_pairs_are_held_out(tmp_path):
     """A dataset folder with train.jsonl only: the pairs ``compare`` evaluates on must not be trained on."""
     dataset = write_dataset(tmp_path / "prefs")
     (dataset / "test.jsonl").unlink()
-    train, test = compare.load_pairs(str(dataset), "deterministic")
+    train, test = data.load_pairs(str(dataset), "deterministic")
     assert test and len(train) + len(test) == N_TRAIN
     assert not {json.dumps(p, sort_keys=True) for p in train} & {json.dumps(p, sort_keys=True) for p in test}
 
 
 def test_implicit_prompts_split_like_trl_except_mid_word():
-    """``compare.standard_pair`` against TRL's ``extract_prompt`` on the toy pairs in implicit-prompt form.
+    """``data.standard_pair`` against TRL's ``extract_prompt`` on the toy pairs in implicit-prompt form.
 
     Where chosen and rejected diverge at the start of a word, both give the same split. Where they diverge
     inside a word (" so moving" against " superb" share " s"), TRL 1.16 cuts inside the word (prompt
@@ -362,7 +363,7 @@ def test_implicit_prompts_split_like_trl_except_mid_word():
     same = mid_word = 0
     for row in toy_rows("train", 300):
         implicit = implicit_prompt(row)
-        ours, theirs = compare.standard_pair(dict(implicit)), extract_prompt(dict(implicit))
+        ours, theirs = data.standard_pair(dict(implicit)), extract_prompt(dict(implicit))
         assert (
             ours["prompt"] + ours["chosen"] == implicit["chosen"]
             and ours["prompt"] + ours["rejected"] == implicit["rejected"]
@@ -422,7 +423,7 @@ def test_trl_preference_formats_load_and_train(tiny, tmp_path, convert):
     implicit prompt. The conversational forms need the chat template (the Llama tokenizer here).
     """
     dataset = write_dataset(tmp_path / "prefs", convert)
-    train, test = compare.load_pairs(str(dataset), "deterministic")
+    train, test = data.load_pairs(str(dataset), "deterministic")
     assert len(train) == N_TRAIN and len(test) == N_TEST
     argv = compare_args(tiny["llama"], dataset, tmp_path / "out")
     argv[argv.index("--steps") + 1] = "1"
