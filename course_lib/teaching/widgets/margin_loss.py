@@ -66,12 +66,8 @@ def _grad(spec: LossSpec, h: torch.Tensor, beta: float, options: dict) -> tuple[
 
 
 def push_stops_at(spec, *, beta: float, h_range=H_RANGES["summed"], n_grid: int = 401, **options) -> float | None:
-    """The smallest h in ``h_range`` where ``dL/dh >= 0``: where the loss stops pushing the margin up.
-
-    Found on a grid, then by 40 bisections of the gradient's sign (so it is exact to ~1e-10 of the range):
-    1/(2 tau) for IPO, 1/beta for the hinge, log((1-eps)/eps)/beta for cDPO, None for DPO. ``spec``: a name,
-    spec or loss function (see :func:`course_lib.maths.losses.loss_spec`).
-    """
+    """The smallest h in ``h_range`` where ``dL/dh >= 0`` (where the loss stops pushing the margin up), on a grid then
+    by 40 bisections: 1/(2 tau) for IPO, 1/beta for the hinge, log((1-eps)/eps)/beta for cDPO, None for DPO."""
     spec = loss_spec(spec)
     grid = torch.linspace(*h_range, n_grid, dtype=torch.float64)
     stopped = (_grad(spec, grid, beta, options)[1] >= 0).nonzero()
@@ -98,15 +94,9 @@ def _variants(spec: LossSpec, offset: float, label_smoothing: float) -> dict[str
 def margin_losses_state(
     h: dict, beta: dict, *, offset: float = 1.0, label_smoothing: float = 0.1, losses=None, n_grid: int = 201
 ) -> MarginLossState:
-    """Every loss of ``losses`` (default: all of ``PAIRWISE_LOSSES``) at the margin and beta of its units.
-
-    Args:
-        h, beta: ``{"summed": ..., "averaged": ...}``: the margin and beta (tau) of each unit's row; a loss
-            reads the entry of its units (``spec.average_logps``).
-        offset: m, for the losses whose function takes ``offset`` (DPO's: ``-logsigmoid(beta h - m)``).
-        label_smoothing: eps in [0, 0.5), for the losses that take ``label_smoothing`` (cDPO).
-        losses: registry names (or specs) to draw. n_grid: points of each curve over ``H_RANGES``.
-    """
+    """Every loss of ``losses`` (registry names or specs; default all) at the margin and beta of its units: ``h`` and
+    ``beta`` are ``{"summed": ..., "averaged": ...}``. ``offset`` (m) and ``label_smoothing`` (eps in [0, 0.5)) are
+    drawn for the losses whose function takes them; each curve has ``n_grid`` points over ``H_RANGES``."""
     curves = {}
     for name in losses or PAIRWISE_LOSSES:
         spec = loss_spec(name)
