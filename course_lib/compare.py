@@ -343,7 +343,7 @@ def run_one(loss: str, beta: float | None, world: World, config: CompareConfig) 
     run = {
         "loss": loss,
         "beta": beta,
-        "eq11_margin": eq11_mean_margin(world.train_pairs, beta) if loss == "ipo" else None,  # IPO's optimum
+        "eq11_margin": eq11_mean_margin(world.train_pairs, beta) if _has_eq11_optimum(loss) else None,
         "length_normalize": True if loss in RANKING_METHODS else loss_spec(loss).average_logps,
         "steps": config.steps,
         "seed": config.seed,
@@ -389,6 +389,11 @@ def run_comparison(config: CompareConfig, *, results: dict | None = None, on_run
                 results["interrupted"] = True
                 return results
     return results
+
+
+def _has_eq11_optimum(method: str) -> bool:
+    """Whether ``method``'s population optimum is Eq. 11's (the registry says; RRHF's is not)."""
+    return method not in RANKING_METHODS and loss_spec(method).eq11_optimum
 
 
 def eq11_mean_margin(pairs: list[dict], beta: float) -> float | None:

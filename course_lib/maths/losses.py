@@ -175,13 +175,16 @@ class LossSpec:
     ``fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *, beta)`` -> (B,);
     ``average_logps``: whether it sees length-averaged log-probs unless the caller says otherwise;
     ``needs_reference``: False for a reference-free loss, which is given ``None`` for the two reference
-    tensors (the trainer then runs no reference forward pass). Calling a spec calls its function.
+    tensors (the trainer then runs no reference forward pass); ``eq11_optimum``: its population optimum is
+    Azar et al.'s Eq. 11 with Psi = identity (IPO), so ``compare`` reports Eq. 11's margins beside it.
+    Calling a spec calls its function.
     """
 
     name: str
     fn: PairwiseLoss
     average_logps: bool = False
     needs_reference: bool = True
+    eq11_optimum: bool = False
 
     def __call__(self, *logps: torch.Tensor, **hyperparameters) -> torch.Tensor:
         return self.fn(*logps, **hyperparameters)
@@ -192,7 +195,7 @@ PAIRWISE_LOSSES: dict[str, LossSpec] = {
     spec.name: spec
     for spec in (
         LossSpec("dpo", dpo_loss),  # summed log-probs: the DPO paper, TRL's loss_type="sigmoid"
-        LossSpec("ipo", ipo_loss, average_logps=True),  # averaged: TRL's loss_type="ipo", confirmed by the authors
+        LossSpec("ipo", ipo_loss, average_logps=True, eq11_optimum=True),  # averaged: TRL's loss_type="ipo"
         LossSpec("hinge", hinge_loss),  # summed, as TRL's loss_type="hinge"
         LossSpec("simpo", simpo_loss, average_logps=True, needs_reference=False),  # Meng et al. 2024, Eq. 6
     )
