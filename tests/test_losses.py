@@ -127,7 +127,7 @@ def test_each_loss_name_resolves_to_its_closed_form_at_h_zero(beta):
     """What a loss name means, by behaviour: at h = 0 DPO is log 2, IPO (1/(2 beta))**2 and the hinge 1."""
     zeros = torch.zeros(3, dtype=torch.float64)
     expected = {"dpo": math.log(2), "ipo": (1 / (2 * beta)) ** 2, "hinge": 1.0}
-    assert set(PAIRWISE_LOSSES) == set(expected)
+    assert set(expected) <= set(PAIRWISE_LOSSES)  # a new loss brings its own test (tests/test_simpo.py)
     for name, value in expected.items():
         loss = resolve_loss(name)(zeros, zeros, zeros, zeros, beta=beta)
         assert loss.shape == (3,)
