@@ -17,7 +17,7 @@ start=$(date +%s%N)
 "$PY" -m pytest tests -q -m "not browser" || status=1
 printf 'unit tests on cuda: %.1f s\n' "$(elapsed "$start")"
 tmp=$(mktemp -d)
-for nb in notebooks/18_1_rrhf.ipynb notebooks/18_2_ipo.ipynb notebooks/solutions/18_3_exercise.ipynb notebooks/18_4_scaling_up.ipynb; do
+for nb in notebooks/18_1*.ipynb notebooks/18_2*.ipynb notebooks/solutions/18_3_exercise.ipynb notebooks/18_4_scaling_up.ipynb; do
   [ -f "$nb" ] || continue
   start=$(date +%s%N)
   if "$JUPYTER" nbconvert --to notebook --execute --output-dir "$tmp" "$nb" >/dev/null 2>"$tmp/err.txt"; then
