@@ -66,15 +66,10 @@ def _want(loss, *, part="main", beta=None, steps=None, eval_every=None, seed=Non
 def diagnose_run(history, loss: str, *, part="main", beta=None, steps=None, eval_every=None, seed=None, loss_fn=None):
     """The slips in one run of ``loss`` (a name of the registry), as :class:`RunProblem` s; [] when there are none.
 
-    Args:
-        history: what ``train_preference`` returned.
-        part: "main" (§3-4: evaluations every ``eval_every`` steps), "sweep" (§5: one run of the sweep, no
-            evaluations needed) or "summed" (bonus 7b: IPO on summed log-probs, evaluated at the start and end).
-        beta, steps, eval_every: what the run should have used (defaults: :mod:`.expected`'s for the part).
-        seed: the seed the run should have used (None: not checked).
-        loss_fn: the learner's loss function; when given, the run must have trained with it.
-
-    The figures are compared with :mod:`.expected` only when beta and steps are the expected ones.
+    ``history`` is what ``train_preference`` returned; ``part`` "main" (§3-4: evaluations every ``eval_every``
+    steps), "sweep" (§5: one run of the sweep) or "summed" (bonus 7b: IPO on summed log-probs, evaluated at the start
+    and end). ``beta``, ``steps``, ``eval_every``: what the run should have used (default: :mod:`.expected`'s; the
+    figures are compared only with those); ``seed`` (None: not checked) and ``loss_fn``, the learner's loss.
     """
     kwargs = dict(part=part, beta=beta, steps=steps, eval_every=eval_every, seed=seed, loss_fn=loss_fn)
     return _run_problems(history, _want(loss, **kwargs))
