@@ -13,17 +13,13 @@ RANKING_NAMES = ("candidate_logps", "candidate_lengths", "candidate_rewards")
 
 def _rankings(logps, lengths, rewards, *, length_penalty=1.0, sft_weight=1.0, dtype=torch.float32):
     """A case builder: (B, K) summed log-probs of ``dtype``, int64 lengths, float32 rewards, the two weights."""
-
-    def build() -> dict:
-        return {
-            "candidate_logps": torch.tensor(logps, dtype=dtype),
-            "candidate_lengths": torch.tensor(lengths, dtype=torch.int64),
-            "candidate_rewards": torch.tensor(rewards, dtype=torch.float32),
-            "length_penalty": length_penalty,
-            "sft_weight": sft_weight,
-        }
-
-    return build
+    return lambda: {
+        "candidate_logps": torch.tensor(logps, dtype=dtype),
+        "candidate_lengths": torch.tensor(lengths, dtype=torch.int64),
+        "candidate_rewards": torch.tensor(rewards, dtype=torch.float32),
+        "length_penalty": length_penalty,
+        "sft_weight": sft_weight,
+    }
 
 
 # Scores p = logp / length: row 0 [-3, -2, -4.5, -1.5], row 1 [-1, -2.5, -1.5, -3.5]. The best candidate
