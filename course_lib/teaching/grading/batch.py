@@ -96,9 +96,8 @@ def grade_batch(paths, out, *, jobs=1, timeout=300.0, device="cpu", seed=0, quic
             changed = [line for line in changed if not line.startswith("same ")]
             if changed:
                 note = " (other submissions ran at the same time)" if jobs > 1 else ""
-                results[i].setdefault("flags", []).append(
-                    f"files changed outside its folder{note}: {'; '.join(changed[:5])}"
-                )
+                flag = f"files changed outside its folder{note}: {'; '.join(changed[:5])}"
+                results[i].setdefault("flags", []).append(flag)
                 before = after
             bar.update(1)
     bar.close()
@@ -131,15 +130,11 @@ def _row(name: str, result: dict) -> dict:
 
 
 def _mistakes(findings: dict) -> list[str]:
-    found = [
-        f"my_{key}_loss: {v.get('mistake') or v.get('status')}"
-        for key, v in findings.get("losses", {}).items()
-        if v.get("status") != "ok"
-    ]
+    losses = findings.get("losses", {}).items()
+    found = [f"my_{key}_loss: {v.get('mistake') or v.get('status')}" for key, v in losses if v.get("status") != "ok"]
     for key, run in findings.get("runs", {}).items():
-        found += [
-            f"{BY_KEY[key].section}: {code}" for code in dict.fromkeys(code for code, _ in run.get("problems", []))
-        ]
+        codes = dict.fromkeys(code for code, _ in run.get("problems", []))
+        found += [f"{BY_KEY[key].section}: {code}" for code in codes]
     return found
 
 
