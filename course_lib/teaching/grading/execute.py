@@ -77,7 +77,7 @@ def grade_one(path, *, timeout: float = 300, device: str = "cpu", seed: int = 0,
 def _run(nb, result: dict, *, work: Path, env: dict, timeout: float, quick: bool) -> None:
     """The notebook's cells within ``timeout``, then the probe's cells (the checkers only, after a timeout)."""
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from nbclient.exceptions import CellTimeoutError
     from nbclient.util import run_sync
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True, record_timing=False)
@@ -95,10 +95,8 @@ def _run(nb, result: dict, *, work: Path, env: dict, timeout: float, quick: bool
                     if not _error_of(_grader_cell(client, "pass", PROBE_TIMEOUT)):
                         break
                 _probe(client, result, None)
-    except Exception as exc:  # the kernel died, did not start, or the connection broke
-        result["status"] = "error" if result["status"] == "ok" else result["status"]
-        name = "DeadKernelError" if isinstance(exc, DeadKernelError) else type(exc).__name__
-        result["errors"].append({"cell": None, "ename": name, "evalue": str(exc)[:300]})
+    except Exception as exc:  # the kernel died (DeadKernelError), did not start, or the connection broke
+        result["errors"].append({"cell": None, "ename": type(exc).__name__, "evalue": str(exc)[:300]})
     if result["status"] == "ok" and result["errors"]:
         result["status"] = "error"
 
