@@ -73,7 +73,10 @@ class Pairs:
 
 
 _H = "h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)"
-_CLAMP = "beyond the clamp the loss is flat and its gradient 0, so a pair that is far off gets no push (the extreme-margin cases show it)."  # noqa: E501
+_CLAMP = (
+    "beyond the clamp the loss is flat and its gradient 0, so a pair that is far off gets no push (the "
+    "extreme-margin cases show it)."
+)
 _REF_SIGN = f"The reference log-probs enter with the wrong sign: a log-ratio is policy minus reference. Use {_H}."
 
 
