@@ -331,6 +331,7 @@ import os, resource, signal, sys
 from course_lib import compare
 from course_lib.maths.losses import PAIRWISE_LOSSES
 if sys.argv[1] == "sigint":  # a real Ctrl-C at the second step, through Python's own handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a pytest-xdist worker's children inherit SIG_IGN
     spec, calls = PAIRWISE_LOSSES["dpo"], []
     def loss(*args, **kwargs):
         calls.append(1)
