@@ -28,7 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = (
     "notebooks/18_1_rrhf.ipynb",
+    "notebooks/18_1b_rrhf_code_and_dpo.ipynb",
     "notebooks/18_2_ipo.ipynb",
+    "notebooks/18_2b_ipo_long_horizon.ipynb",
     "notebooks/solutions/18_3_exercise.ipynb",
     "notebooks/18_3_exercise.ipynb",
     "notebooks/18_4_scaling_up.ipynb",
